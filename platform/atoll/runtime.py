@@ -1,0 +1,51 @@
+"""Starting and reaching Ray: the only place that calls ``ray.init``.
+
+Atoll starts a local Ray instance itself (bound to 127.0.0.1) unless an address
+is given (``ATOLL_RAY_ADDRESS`` or the argument). Usage stats are off.
+"""
+from __future__ import annotations
+
+import os
+
+LOOPBACK_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # makes a local Ray use 127.0.0.1
+    "RAY_TRAIN_V2_ENABLED": os.environ.get("RAY_TRAIN_V2_ENABLED", "1"),
+}
+#: environment every Ray worker of a local instance gets
+WORKER_ENV = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", ""), "HF_HUB_OFFLINE": "1",
+              "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def set_loopback_env() -> None:
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+    """Connects to Ray once per process (a no-op when already connected)."""
+    set_loopback_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("ATOLL_RAY_ADDRESS")
+    env = {k: v for k, v in WORKER_ENV.items() if v}
+    if not env.get("DS_ACCELERATOR"):
+        import torch
+
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                 _node_ip_address="127.0.0.1", log_to_driver=True, **kwargs)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

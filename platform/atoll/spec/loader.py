@@ -1,0 +1,131 @@
+"""Loading a job spec: YAML -> recipe merge -> pydantic validation -> JobSpec.
+
+Pure: reads the spec (and an expert recipe it names), writes nothing. All
+problems are collected and raised together as one ``SpecError``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from atoll.spec.errors import Problem, SpecError, problems_from
+from atoll.spec.models import API_VERSION, JobSpec
+
+#: the repo's recipes folder (editable installs and the source tree)
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "experts"
+
+
+def find_recipe(name: str, base: Path | None) -> Path | None:
+    """Resolves a recipe: a path (relative to the spec's folder) or a name in experts/."""
+    cands = []
+    p = Path(name)
+    if base is not None:
+        cands.append(base / p)
+    cands += [p, RECIPES_DIR / p, RECIPES_DIR / f"{name}.yaml"]
+    return next((c for c in cands if c.is_file()), None)
+
+
+def _merge(defaults: dict, over: dict) -> dict:
+    out = copy.deepcopy(defaults)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _apply_recipe(doc: dict, base: Path | None, problems: list[Problem]) -> dict:
+    experts = (doc.get("spec") or {}).get("experts")
+    if not isinstance(experts, dict) or not experts.get("recipe"):
+        return doc
+    name = experts["recipe"]
+    path = find_recipe(str(name), base)
+    if path is None:
+        problems.append(Problem("spec.experts.recipe", f"no recipe file found; give a path or one of: "
+                                f"{', '.join(sorted(p.stem for p in RECIPES_DIR.glob('*.yaml'))) or 'none'}",
+                                name, True))
+        return doc
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        problems.append(Problem("spec.experts.recipe", f"{path} is not valid YAML: {e}", name, True))
+        return doc
+    if not isinstance(recipe, dict):
+        problems.append(Problem("spec.experts.recipe", f"{path} must be a mapping of experts keys", name, True))
+        return doc
+    doc = copy.deepcopy(doc)
+    doc["spec"]["experts"] = _merge(recipe, experts)
+    return doc
+
+
+def _check_sizes(spec: JobSpec) -> list[Problem]:
+    """Named model sizes exist (checked against the models' own size dicts)."""
+    out = []
+    try:
+        from atoll.models.names import DIT_SIZE_NAMES, ROUTER_SIZE_NAMES
+    except ImportError:
+        return out
+    m = spec.spec.experts.model
+    if m not in DIT_SIZE_NAMES:
+        out.append(Problem("spec.experts.model", f"unknown DiT size; use one of {', '.join(DIT_SIZE_NAMES)}", m, True))
+    r = spec.spec.router.model
+    if r not in ROUTER_SIZE_NAMES:
+        out.append(Problem("spec.router.model", f"unknown router size; use one of {', '.join(ROUTER_SIZE_NAMES)}",
+                           r, True))
+    return out
+
+
+def parse(doc: Any, source: str = "<spec>", base: Path | None = None) -> JobSpec:
+    """Validates a parsed YAML document. Raises ``SpecError`` listing every problem."""
+    if not isinstance(doc, dict):
+        raise SpecError(source, [Problem("", "the spec must be a YAML mapping with apiVersion, kind, metadata, spec")])
+    problems: list[Problem] = []
+    if doc.get("apiVersion") not in (None, API_VERSION):
+        problems.append(Problem("apiVersion", f"unsupported; use {API_VERSION}", doc.get("apiVersion"), True))
+    doc = _apply_recipe(doc, base, problems)
+    try:
+        spec = JobSpec.model_validate(doc)
+    except ValidationError as e:
+        problems += [p for p in problems_from(e, JobSpec) if p.path != "apiVersion" or not problems]
+        raise SpecError(source, problems) from None
+    problems += _check_sizes(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load(path: str | Path) -> JobSpec:
+    """Loads and validates ``path``. Raises ``SpecError`` (never a traceback for bad input)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), [Problem("", "file not found; check the path")]) from None
+    except OSError as e:
+        raise SpecError(str(path), [Problem("", f"cannot read the file: {e.strerror}")]) from None
+    return loads(text, str(path), path.parent)
+
+
+def loads(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(source, [Problem("", f"not valid YAML: {where}{getattr(e, 'problem', e)}")]) from None
+    return parse(doc, source, base)
+
+
+def dump(spec: JobSpec) -> dict:
+    """The spec as a plain camelCase dict (what the YAML would say, defaults filled)."""
+    return json.loads(spec.model_dump_json(by_alias=True))
+
+
+def json_schema() -> dict:
+    schema = JobSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Atoll job spec (atoll/v1)"
+    return schema

@@ -1,0 +1,357 @@
+"""The job spec: pydantic models of ``apiVersion: atoll/v1`` YAML files.
+
+Field names are snake_case in Python and camelCase in YAML (Kubernetes style).
+Every model forbids unknown keys and is frozen. Validation is pure: no files
+are written, no network is touched. Cross-field rules live in the
+``model_validator``s below and raise ``ValueError`` with a message that says
+what to change.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "atoll/v1"
+KINDS = ("Job",)
+
+#: sizes of the bundled sources, for cross-field checks that need no I/O
+KNOWN_SOURCE_SIZES = {("fashion-mnist", "train"): 60000, ("fashion-mnist", "test"): 10000,
+                      ("fashion-mnist", "all"): 70000, ("digits", "all"): 1797}
+KNOWN_SOURCE_CLASSES = {"fashion-mnist": 10, "digits": 10}
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$")
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
+                              populate_by_name=True, validate_default=True)
+
+
+# -- metadata -----------------------------------------------------------------
+class Metadata(Base):
+    name: str = Field(description="Run name: lowercase letters, digits and '-' (a DNS label, "
+                                  "so it can name Kubernetes objects); the run lives at <store>/<name>.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not DNS_LABEL.match(v):
+            raise ValueError("must be 1-50 lowercase letters, digits or '-', starting and ending "
+                             "with a letter or digit (e.g. 'fmnist-k4')")
+        return v
+
+
+# -- store --------------------------------------------------------------------
+class S3Options(Base):
+    endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. http://127.0.0.1:8333; "
+                                                       "default: AWS_ENDPOINT_URL or AWS itself.")
+    region: str | None = None
+    access_key_id: str | None = Field(None, description="Default: AWS_ACCESS_KEY_ID.")
+    secret_access_key: str | None = Field(None, description="Default: AWS_SECRET_ACCESS_KEY.")
+
+
+class StoreSpec(Base):
+    uri: str | None = Field(None, description="file:///path, a plain path, or s3://bucket/prefix. "
+                                              "Default: $ATOLL_STORE or ./runs.")
+    s3: S3Options = Field(default_factory=S3Options)
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v and not v.startswith(("file://", "s3://")):
+            raise ValueError("use file:///path, a plain path or s3://bucket/prefix")
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError("an S3 URI needs a bucket: s3://BUCKET/PREFIX")
+        return v
+
+
+# -- data -----------------------------------------------------------------------
+class FashionMnistSource(Base):
+    type: Literal["fashion-mnist"]
+    path: str = Field("/usr/share/datasets/fashion-mnist",
+                      description="Folder with the idx .gz files (Debian package dataset-fashion-mnist).")
+    split: Literal["train", "test", "all"] = "all"
+
+
+class DigitsSource(Base):
+    type: Literal["digits"]
+
+
+class ImageFolderSource(Base):
+    type: Literal["image-folder"]
+    path: str = Field(description="Folder of images: class sub-folders (labels) or NAME.txt caption files beside images.")
+    labels: Literal["folders", "captions"] = "folders"
+
+
+class WebDatasetSource(Base):
+    type: Literal["webdataset"]
+    urls: list[str] = Field(min_length=1, description="Shard paths/URIs (file or s3://), brace patterns allowed.")
+
+
+class MovingClipsSource(Base):
+    """Moving-MNIST-style clips built from real images bouncing in a frame."""
+    type: Literal["moving-clips"]
+    images: Literal["fashion-mnist", "digits"] = "fashion-mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    num_clips: int = Field(2000, ge=1, le=1_000_000)
+    frames: int = Field(8, ge=2, le=256)
+    size: int = Field(32, ge=16, le=512)
+    objects: int = Field(1, ge=1, le=8)
+    seed: int = 0
+
+
+Source = Annotated[Union[FashionMnistSource, DigitsSource, ImageFolderSource, WebDatasetSource, MovingClipsSource],
+                   Field(discriminator="type")]
+
+
+class DataSpec(Base):
+    source: Source
+    limit: int | None = Field(None, ge=1, description="Use only the first N samples.")
+    image_size: int | None = Field(None, ge=8, le=1024, description="Resize images to this square size.")
+    shard_size: int = Field(10000, ge=16, le=1_000_000, description="Samples per WebDataset shard.")
+
+    def num_samples(self) -> int | None:
+        """The sample count when it is known without reading data."""
+        s = self.source
+        if isinstance(s, MovingClipsSource):
+            n = s.num_clips
+        else:
+            n = KNOWN_SOURCE_SIZES.get((s.type, getattr(s, "split", "all")))
+        if n is not None and self.limit is not None:
+            return min(n, self.limit)
+        return n if n is not None else self.limit
+
+
+# -- partition -------------------------------------------------------------------
+class PcaFeatures(Base):
+    type: Literal["pca"]
+    dims: int = Field(64, ge=2, le=4096)
+
+
+class MiniLMFeatures(Base):
+    type: Literal["minilm"]
+
+
+class TorchScriptFeatures(Base):
+    type: Literal["torchscript"]
+    path: str = Field(description="A TorchScript file mapping [B,C,H,W] float images in [-1,1] to [B,D] features.")
+    batch_size: int = Field(256, ge=1)
+
+
+Features = Annotated[Union[PcaFeatures, MiniLMFeatures, TorchScriptFeatures], Field(discriminator="type")]
+
+
+class PartitionSpec(Base):
+    method: Literal["kmeans", "random"] = "kmeans"
+    k: int = Field(4, ge=1, le=1024, description="Number of coarse clusters = number of experts.")
+    fine_clusters: int = Field(1024, ge=1, le=65536, description="Fine k-means centroids, merged into k.")
+    features: Features = Field(default_factory=lambda: PcaFeatures(type="pca"))
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fine_vs_k(self):
+        if self.method == "kmeans" and self.fine_clusters < self.k:
+            raise ValueError(f"fineClusters ({self.fine_clusters}) must be >= k ({self.k}); "
+                             f"raise fineClusters or lower k")
+        return self
+
+
+# -- training ---------------------------------------------------------------------
+class ScalingSpec(Base):
+    """Ray Train scaling of one island (one expert's training run)."""
+    num_workers: int = Field(1, ge=1, le=4096)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _gpu(self):
+        if self.gpus_per_worker > 0 and not self.use_gpu:
+            raise ValueError("gpusPerWorker > 0 needs useGpu: true")
+        return self
+
+
+class TrainingSpec(Base):
+    steps: int = Field(1000, ge=1, le=100_000_000)
+    batch_size: int = Field(64, ge=1, description="Global batch per optimizer step (all workers, all accumulation).")
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    zero_stage: int = Field(2, ge=0, le=3)
+    timesteps: Literal["logit-normal", "uniform"] = "logit-normal"
+    class_dropout: float = Field(0.1, ge=0, lt=1, description="Label drop rate for classifier-free guidance.")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class ExpertsSpec(Base):
+    recipe: str | None = Field(None, description="An experts/*.yaml recipe (name or path); its keys are defaults for this section.")
+    model: str = Field("DiT-XS/2", description="A named DiT size, e.g. DiT-XS/2, DiT-S/2, DiT-B/2.")
+    conditioning: Literal["class", "text", "none"] = "class"
+    mode: Literal["ensemble", "monolith"] = Field(
+        "ensemble", description="monolith: one model on all data with k times the batch, for FLOP-matched comparison.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+
+    @model_validator(mode="after")
+    def _batch(self):
+        t, w = self.training, self.scaling.num_workers
+        if t.batch_size % (w * t.grad_accum):
+            raise ValueError(f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
+                             f"training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
+                             f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
+        return self
+
+
+class RouterSpec(Base):
+    model: str = Field("Router-S", description="A named router size (see atoll.models.router).")
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(steps=500, batch_size=128, lr=1e-3,
+                                                                      class_dropout=0.0, ema_decay=0.0))
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+
+    @model_validator(mode="after")
+    def _batch(self):
+        t, w = self.training, self.scaling.num_workers
+        if t.batch_size % (w * t.grad_accum):
+            raise ValueError(f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
+                             f"training.gradAccum ({w} x {t.grad_accum})")
+        return self
+
+
+# -- islands ------------------------------------------------------------------------
+class IslandSpec(Base):
+    name: str
+    experts: list[int] | None = Field(None, description="Expert ids this island trains; default: spread evenly.")
+    address: str | None = Field(None, description="ray target: the island's Jobs API, e.g. http://127.0.0.1:8265.")
+    context: str | None = Field(None, description="kubernetes target: the kube context.")
+    namespace: str = "default"
+    num_gpus: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not DNS_LABEL.match(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return v
+
+
+class IslandsSpec(Base):
+    target: Literal["local", "ray", "kubernetes"] = "local"
+    max_concurrent: int | None = Field(None, ge=1, description="local: islands trained at once; default: as resources allow.")
+    max_retries: int = Field(2, ge=0, le=100, description="Retries of a failed island, each from its last checkpoint.")
+    islands: list[IslandSpec] = Field(default_factory=list)
+    router_island: str | None = None
+
+    @model_validator(mode="after")
+    def _islands(self):
+        names = [i.name for i in self.islands]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"island names must be unique; repeated: {', '.join(dup)}")
+        if self.target == "ray":
+            missing = [i.name for i in self.islands if not i.address]
+            if not self.islands or missing:
+                raise ValueError("target 'ray' needs islands with an address each (e.g. address: "
+                                 f"http://127.0.0.1:8265); missing for: {', '.join(missing) or 'no islands listed'}")
+        if self.router_island is not None and self.router_island not in names:
+            raise ValueError(f"routerIsland {self.router_island!r} is not one of the islands: {', '.join(names) or 'none'}")
+        return self
+
+
+# -- sampling & serving ----------------------------------------------------------------
+Strategy = Literal["full", "top1", "top2", "top3", "topk"]
+
+
+class SampleSpec(Base):
+    strategies: list[str] = Field(default_factory=lambda: ["top1", "full"],
+                                  description="Any of full, top1, top2 ... topN.")
+    num_per_class: int = Field(8, ge=1, le=1024)
+    steps: int = Field(32, ge=1, le=1000)
+    sampler: Literal["euler", "heun"] = "euler"
+    guidance: float = Field(1.5, ge=0, le=50)
+    seed: int = 0
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not re.fullmatch(r"full|top[1-9][0-9]*", s):
+                raise ValueError(f"unknown strategy {s!r}; use full, top1, top2, ... topN")
+        return v
+
+
+class DeploymentSpec(Base):
+    num_replicas: int | Literal["auto"] = 1
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+
+
+class ServeSpec(Base):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    max_samples: int = Field(16, ge=1, le=1024, description="Largest n a request may ask for.")
+    max_steps: int = Field(100, ge=1, le=1000)
+    default_steps: int = Field(32, ge=1, le=1000)
+    router: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    experts: DeploymentSpec = Field(default_factory=DeploymentSpec)
+
+
+# -- the job ------------------------------------------------------------------------
+class JobSpecBody(Base):
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    data: DataSpec
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    islands: IslandsSpec = Field(default_factory=IslandsSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+
+    @model_validator(mode="after")
+    def _cross(self):
+        k, n = self.partition.k, self.data.num_samples()
+        if n is not None and k > n:
+            raise ValueError(f"partition.k ({k}) is larger than the number of samples ({n}); lower partition.k")
+        if n is not None and self.partition.method == "kmeans" and self.partition.fine_clusters > n:
+            raise ValueError(f"partition.fineClusters ({self.partition.fine_clusters}) is larger than the number "
+                             f"of samples ({n}); lower partition.fineClusters")
+        if self.experts.conditioning == "text" and self.data.source.type in ("fashion-mnist", "digits"):
+            pass  # captions are made from class names for these sources
+        if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
+            raise ValueError("partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
+        for isl in self.islands.islands:
+            bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
+            if bad:
+                raise ValueError(f"island {isl.name!r} lists experts {bad}, but there are "
+                                 f"{self.num_experts} (ids 0..{self.num_experts - 1})")
+        return self
+
+    @property
+    def num_experts(self) -> int:
+        return 1 if self.experts.mode == "monolith" else self.partition.k
+
+
+class JobSpec(Base):
+    api_version: Literal["atoll/v1"] = Field(alias="apiVersion")
+    kind: Literal["Job"]
+    metadata: Metadata
+    spec: JobSpecBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates the virtual environment and installs Atoll with its test extras.
+# torch goes first and is pinned by constraints.txt, so no other package can
+# pull a different (CUDA, multi-GB) build. Also installs the Debian package
+# with the Fashion-MNIST files when it is missing and apt is usable.
+set -euo pipefail
+VENV=${1:-.venv}
+cd "$(dirname "$0")/.."
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist \
+      || echo "warning: could not install dataset-fashion-mnist; set data.path in the spec" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+$PIP install -q torch==2.13.0 numpy
+$PIP install -q -c constraints.txt -e ".[test,text]"
+echo "atoll installed in $VENV"
