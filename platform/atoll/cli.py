@@ -1,2 +1,127 @@
-def main() -> None:  # replaced below
-    raise SystemExit(0)
+"""The ``atoll`` command line (typer). Bad input ends with a message, never a traceback."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from atoll.progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Atoll: train diffusion experts on isolated islands, serve them as one model.")
+
+JobArg = typer.Argument(..., help="A job spec YAML file (apiVersion: atoll/v1).")
+
+
+def _load(path: Path):
+    from atoll.spec import load
+
+    return load(path)
+
+
+@app.command()
+def validate(job: Path = JobArg, show: bool = typer.Option(False, "--show", help="Print the spec with defaults.")):
+    """Checks a job spec and reports every problem at once."""
+    spec = _load(job)
+    console().print(f"[green]ok[/green] {job}: job {spec.name!r}, {spec.spec.num_experts} expert(s), "
+                    f"islands target {spec.spec.islands.target!r}")
+    if show:
+        import yaml
+
+        from atoll.spec import dump
+
+        typer.echo(yaml.safe_dump(dump(spec), sort_keys=False))
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file instead of stdout.")):
+    """Prints the JSON Schema of job specs (for editors)."""
+    from atoll.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def run(job: Path = JobArg,
+        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+        from_stage: Optional[str] = typer.Option(None, "--from", help="Redo this stage and all after it."),
+        store: Optional[str] = typer.Option(None, "--store", help="Override spec.store.uri.")):
+    """Runs all stages of a job (data, partition, experts, router, samples, report); resumable."""
+    from atoll import pipeline
+
+    spec = _load(job)
+    run_store = pipeline.open_run(spec, store)
+    console().print(f"run [bold]{spec.name}[/bold] -> {run_store.uri}")
+
+    def show(res):
+        word = "[dim]skipped (complete)[/dim]" if res.status == "skipped" else f"done in {res.wall_s:.1f}s"
+        console().print(f"[bold]stage {res.name}[/bold]: {word}")
+
+    pipeline.run(spec, until=until, from_stage=from_stage, store_uri=store, on_stage=show)
+
+
+@app.command()
+def status(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--store")):
+    """Shows which stages of a run are complete and each island's progress."""
+    from atoll import pipeline
+    from atoll.islands.display import snapshot, table
+    from atoll.islands.plan import expert_units, router_unit
+
+    spec = _load(job)
+    run_store = pipeline.open_run(spec, store)
+    for stage in pipeline.STAGES:
+        ok = pipeline.is_complete(run_store, spec, stage)
+        console().print(f"{stage:10s} {'[green]complete[/green]' if ok else '[yellow]not complete[/yellow]'}")
+    console().print(table(snapshot(run_store, expert_units(spec) + [router_unit()], {})))
+
+
+def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]):
+    from atoll import pipeline
+    from atoll.islands.local import IslandsFailed, run_units
+    from atoll.islands.plan import Unit
+
+    spec = _load(job)
+    if role == "expert" and not (expert is not None and 0 <= expert < spec.spec.num_experts):
+        raise typer.BadParameter(f"--expert must be in 0..{spec.spec.num_experts - 1}")
+    unit = Unit(role, expert, f"experts/{expert:03d}" if role == "expert" else "router")
+    out = run_units(spec, pipeline.open_run(spec, store), pipeline.s3_config(spec), [unit])
+    if out.failed:
+        raise IslandsFailed(out.failed)
+
+
+@app.command("train-expert")
+def train_expert(spec: Path = typer.Option(..., "--spec", help="The job spec YAML."),
+                 expert: int = typer.Option(..., "--expert", help="Expert id (0..k-1)."),
+                 store: Optional[str] = typer.Option(None, "--store")):
+    """Trains one expert on the Ray cluster this runs on (the entrypoint of a remote island)."""
+    _train_one(spec, "expert", expert, store)
+
+
+@app.command("train-router")
+def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] = typer.Option(None, "--store")):
+    """Trains the router on the Ray cluster this runs on."""
+    _train_one(spec, "router", None, store)
+
+
+def main() -> None:
+    from atoll.errors import user_errors
+
+    try:
+        app()
+    except user_errors() as e:
+        console().print(f"[red]error:[/red] {e}")
+        sys.exit(2 if e.__class__.__name__ == "SpecError" else 1)
+    except KeyboardInterrupt:
+        console().print("[yellow]interrupted[/yellow]: run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

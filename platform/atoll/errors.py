@@ -1,0 +1,18 @@
+"""The exceptions that mean 'bad input or a failed stage', printed without a traceback."""
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from atoll.islands.local import IslandsFailed
+    from atoll.pipeline import PipelineError
+    from atoll.spec import SpecError
+    from atoll.store import StoreError
+
+    errs: list[type[BaseException]] = [SpecError, StoreError, PipelineError, IslandsFailed, FileNotFoundError]
+    try:
+        from atoll.data.errors import DataError
+
+        errs.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errs)

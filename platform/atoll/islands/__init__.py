@@ -1,0 +1,1 @@
+"""Islands: where experts train (local Ray, remote Ray clusters, Kubernetes)."""

@@ -1,0 +1,103 @@
+"""The whole data flow of a job, stage by stage, resumable.
+
+Stages run in a fixed order; each reads from and writes to the run's folder in
+the store and is complete when its manifest is committed. ``until`` stops after
+a stage; ``from_stage`` forgets that stage and every later one first (their
+manifests go, so they are redone).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from atoll.spec import JobSpec
+from atoll.store import S3Config, Store, open_store
+
+STAGES = ("data", "partition", "experts", "router", "samples", "report")
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def s3_config(job: JobSpec) -> S3Config | None:
+    s = job.spec.store.s3
+    if not any([s.endpoint_url, s.region, s.access_key_id, s.secret_access_key]):
+        return None
+    return S3Config(endpoint_url=s.endpoint_url, region=s.region, access_key_id=s.access_key_id,
+                    secret_access_key=s.secret_access_key)
+
+
+def open_run(job: JobSpec, store_uri: str | None = None) -> Store:
+    """The run's folder in the store: ``<store>/<metadata.name>``."""
+    return open_store(store_uri or job.spec.store.uri, s3_config(job)).sub(job.name)
+
+
+def check_stage(name: str | None, option: str) -> str | None:
+    if name is not None and name not in STAGES:
+        raise PipelineError(f"{option} {name!r} is not a stage; use one of: {', '.join(STAGES)}")
+    return name
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "done" | "skipped"
+    wall_s: float
+    info: dict = field(default_factory=dict)
+
+
+def stage_prefixes(job: JobSpec, stage: str) -> list[str]:
+    """The artifact folders a stage commits (used for --from and for 'is it done')."""
+    if stage == "experts":
+        return [f"experts/{k:03d}" for k in range(job.spec.num_experts)]
+    if stage == "router" and job.spec.experts.mode == "monolith":
+        return []  # one model needs no router
+    return {"data": ["data"], "partition": ["partition"], "router": ["router"],
+            "samples": ["samples"], "report": ["report"]}[stage]
+
+
+def is_complete(run: Store, job: JobSpec, stage: str) -> bool:
+    return all(run.manifest(p) is not None for p in stage_prefixes(job, stage))
+
+
+def forget(run: Store, job: JobSpec, stage: str) -> None:
+    """Uncommits a stage and everything after it (manifests first, then files)."""
+    for s in STAGES[STAGES.index(stage):]:
+        for p in stage_prefixes(job, s):
+            run.uncommit(p)
+        if s == "partition":
+            for key in run.list("partition"):
+                run.delete(key)
+
+
+def _runners() -> dict[str, Callable[[JobSpec, Store, S3Config | None], dict]]:
+    from atoll import stages
+
+    return {"data": stages.data, "partition": stages.partition, "experts": stages.experts,
+            "router": stages.router, "samples": stages.samples, "report": stages.report}
+
+
+def run(job: JobSpec, *, until: str | None = None, from_stage: str | None = None, store_uri: str | None = None,
+        on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    check_stage(until, "--until")
+    check_stage(from_stage, "--from")
+    run_store = open_run(job, store_uri)
+    if from_stage:
+        forget(run_store, job, from_stage)
+    run_store.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
+    runners = _runners()
+    results = []
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    for stage in STAGES[: last + 1]:
+        t0 = time.time()
+        if is_complete(run_store, job, stage):
+            res = StageResult(stage, "skipped", 0.0)
+        else:
+            info = runners[stage](job, run_store, s3_config(job)) or {}
+            res = StageResult(stage, "done", time.time() - t0, info)
+        results.append(res)
+        if on_stage:
+            on_stage(res)
+    return results

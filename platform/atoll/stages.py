@@ -1,0 +1,80 @@
+"""One function per pipeline stage: ``stage(job, run, s3) -> summary dict``.
+
+Each delegates to the package that owns the work and prints a short summary.
+"""
+from __future__ import annotations
+
+from rich.table import Table
+
+from atoll.progress import console
+from atoll.spec import JobSpec
+from atoll.store import S3Config, Store
+
+
+def data(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.data.stage import run_data
+
+    return run_data(job, run)
+
+
+def partition(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.data.partition import run_partition
+
+    return run_partition(job, run)
+
+
+def _train(job: JobSpec, run: Store, s3: S3Config | None, units) -> dict:
+    from atoll.islands.local import IslandsFailed, run_units
+
+    if job.spec.islands.target != "local":
+        raise RuntimeError(f"islands.target is {job.spec.islands.target!r}: use `atoll submit` for remote islands")
+    out = run_units(job, run, s3, units)
+    if out.failed:
+        raise IslandsFailed(out.failed)
+    return {"trained": out.done, "skipped": out.skipped, "wall_s": out.wall_s}
+
+
+def experts(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.islands.plan import expert_units
+
+    info = _train(job, run, s3, expert_units(job))
+    rows = [run.manifest(u.prefix) for u in expert_units(job)]
+    t = Table(title="experts")
+    for c in ("expert", "samples", "steps", "final loss", "samples/s", "train PFLOP"):
+        t.add_column(c, justify="right")
+    total = 0
+    for m in rows:
+        total += m["train_flops"]
+        t.add_row(m["name"], str(m["num_samples"]), str(m["steps"]), f"{m['final_loss']:.4f}",
+                  f"{m['samples_per_s'] or 0:.0f}", f"{m['train_flops'] / 1e15:.3f}")
+    console().print(t)
+    console().print(f"total training FLOPs: {total:.3e}")
+    info["train_flops_total"] = total
+    return info
+
+
+def router(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.islands.plan import router_unit
+
+    info = _train(job, run, s3, [router_unit()])
+    m = run.manifest("router")
+    acc = m.get("accuracy_vs_t", {})
+    t = Table(title=f"router accuracy vs t (chance = {1 / job.spec.partition.k:.2f})")
+    for k in acc:
+        t.add_column(f"t={k}", justify="right")
+    t.add_row(*[f"{v:.3f}" for v in acc.values()])
+    console().print(t)
+    info["accuracy_vs_t"] = acc
+    return info
+
+
+def samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.sampling.stage import run_samples
+
+    return run_samples(job, run, s3)
+
+
+def report(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.report import write_report
+
+    return write_report(job, run)

@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed loop run by Ray Train on one island, and its checkpoints."""

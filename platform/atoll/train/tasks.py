@@ -1,0 +1,190 @@
+"""What an island trains: an expert (flow-matching DiT) or the router (classifier).
+
+A task knows its data, its model and its loss; the loop in ``loop.py`` knows
+nothing else. Batches are drawn from in-memory arrays with indices that depend
+only on (seed, step, rank), so a resumed run sees exactly the batches the
+interrupted one would have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atoll.spec.models import JobSpec, TrainingSpec
+from atoll.store import Store
+
+
+def expert_dir(k: int) -> str:
+    return f"experts/{k:03d}"
+
+
+def partition_dir(k: int) -> str:
+    return f"partition/expert-{k:03d}"
+
+
+def batch_indices(n: int, step: int, batch: int, seed: int) -> torch.Tensor:
+    """The global batch of optimizer step ``step``: epoch-wise permutations of range(n)."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, off = divmod(start + len(out), n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        out.extend(perm[off: off + batch - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+@dataclass
+class Batch:
+    x0: torch.Tensor
+    y: torch.Tensor
+
+
+class Task:
+    name: str
+    training: TrainingSpec
+    kind: str  # "dit" | "router"
+
+    def load(self, run: Store) -> None: ...
+    def build_model(self) -> torch.nn.Module: ...
+    def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor: ...
+
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def batch(self, step: int, micro: int, rank: int, world: int, accum_i: int, accum: int, device) -> Batch:
+        idx = batch_indices(len(self.images), step, self.training.batch_size, self.training.seed)
+        per = self.training.batch_size // (world * accum)
+        lo = (accum_i * world + rank) * per
+        sel = idx[lo: lo + per]
+        return Batch(to_unit(self.images[sel]).to(device), self.labels[sel].to(device))
+
+
+class ExpertTask(Task):
+    """Rectified-flow training of expert ``k`` (or the monolith) on its own shards."""
+    kind = "dit"
+
+    def __init__(self, job: JobSpec, k: int):
+        self.job, self.k = job, k
+        self.training = job.spec.experts.training
+        if job.spec.experts.mode == "monolith":
+            # the monolith sees all data with the ensemble's combined batch
+            t = self.training
+            self.training = t.model_copy(update={"batch_size": t.batch_size * job.spec.partition.k})
+        self.name = f"expert-{k:03d}"
+
+    @property
+    def data_prefix(self) -> str:
+        return "data" if self.job.spec.experts.mode == "monolith" else partition_dir(self.k)
+
+    def load(self, run: Store) -> None:
+        from atoll.data.readers import load_arrays
+
+        arr = load_arrays(run, self.data_prefix)
+        self.images = torch.from_numpy(np.ascontiguousarray(arr.images))
+        self.labels = torch.from_numpy(np.asarray(arr.labels, dtype=np.int64))
+        data = run.manifest("data") or {}
+        self.num_classes = int(data.get("num_classes") or (int(self.labels.max()) + 1 if len(self.labels) else 0))
+
+    def model_config(self):
+        from atoll.models.dit import DiTConfig
+
+        _, c, h, _ = self.images.shape
+        cond = self.job.spec.experts.conditioning
+        return DiTConfig(size=self.job.spec.experts.model, input_size=h, in_channels=c,
+                         num_classes=self.num_classes if cond == "class" else 0)
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model_config().build()
+
+    def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        from atoll.models.flow import sample_t
+
+        x0, y = batch.x0, batch.y
+        n = x0.shape[0]
+        if self.job.spec.experts.conditioning == "class":
+            drop = torch.rand(n, generator=gen) < self.training.class_dropout
+            y = torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
+        else:
+            y = None
+        t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
+        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = model(x_t.to(dtype), t.to(dtype), y=y)
+        return F.mse_loss(v.float(), eps - x0)
+
+
+class RouterTask(Task):
+    """Cross-entropy of the router on noised samples of all partitions and their cluster ids."""
+    kind = "router"
+
+    def __init__(self, job: JobSpec):
+        self.job = job
+        self.training = job.spec.router.training
+        self.name = "router"
+
+    def load(self, run: Store) -> None:
+        from atoll.data.readers import load_arrays
+
+        imgs, labels = [], []
+        for k in range(self.job.spec.partition.k):
+            arr = load_arrays(run, partition_dir(k))
+            imgs.append(torch.from_numpy(np.ascontiguousarray(arr.images)))
+            labels.append(torch.full((len(arr.images),), k, dtype=torch.long))
+        self.images, self.labels = torch.cat(imgs), torch.cat(labels)
+
+    def model_config(self):
+        from atoll.models.router import RouterConfig
+
+        _, c, h, _ = self.images.shape
+        return RouterConfig(size=self.job.spec.router.model, input_size=h, in_channels=c,
+                            num_experts=self.job.spec.partition.k)
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model_config().build()
+
+    def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        x_t, t = noised(batch.x0, gen)
+        logits = model(x_t.to(dtype), t.to(dtype))
+        return F.cross_entropy(logits.float(), batch.y)
+
+
+def noised(x0: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None):
+    """``x_t = (1 - t) x0 + t eps`` with t ~ U(0, 1) unless given."""
+    n = x0.shape[0]
+    if t is None:
+        t = torch.rand(n, generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    tt = t.view(-1, 1, 1, 1).to(x0.device)
+    return (1 - tt) * x0 + tt * eps.to(x0.device), t.to(x0.device)
+
+
+@torch.no_grad()
+def router_accuracy(model, task: RouterTask, ts=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0), n: int = 1024,
+                    dtype=torch.float32, device="cpu", seed: int = 1234) -> dict[str, float]:
+    """Router top-1 accuracy against the true cluster at fixed noise levels t."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(task.images), generator=g)[:n]
+    x0, y = to_unit(task.images[idx]).to(device), task.labels[idx].to(device)
+    out = {}
+    for t in ts:
+        x_t, tt = noised(x0, g, torch.full((len(idx),), float(t)))
+        pred = model(x_t.to(dtype), tt.to(dtype)).argmax(-1)
+        out[f"{t:g}"] = float((pred == y).float().mean())
+    return out
+
+
+def make_task(job: JobSpec, role: str, expert: int | None) -> Task:
+    if role == "router":
+        return RouterTask(job)
+    if expert is None:
+        raise ValueError("an expert task needs the expert id")
+    return ExpertTask(job, expert)
