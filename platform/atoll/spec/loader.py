@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from atoll.spec.errors import Problem, SpecError, problems_from
-from atoll.spec.models import API_VERSION, JobSpec
+from atoll.spec.models import API_VERSION, ExpertsSpec, JobSpec, RouterSpec
 
 #: the repo's recipes folder (editable installs and the source tree)
 RECIPES_DIR = Path(__file__).resolve().parents[3] / "experts"
@@ -38,7 +38,8 @@ def _merge(defaults: dict, over: dict) -> dict:
 
 
 def _apply_recipe(doc: dict, base: Path | None, problems: list[Problem]) -> dict:
-    experts = (doc.get("spec") or {}).get("experts")
+    body = doc.get("spec")
+    experts = body.get("experts") if isinstance(body, dict) else None
     if not isinstance(experts, dict) or not experts.get("recipe"):
         return doc
     name = experts["recipe"]
@@ -61,18 +62,28 @@ def _apply_recipe(doc: dict, base: Path | None, problems: list[Problem]) -> dict
     return doc
 
 
-def _check_sizes(spec: JobSpec) -> list[Problem]:
-    """Named model sizes exist (checked against the models' own size dicts)."""
+def _check_sizes(doc: dict) -> list[Problem]:
+    """Named model sizes exist (checked against the models' own size dicts).
+
+    Works on the raw (recipe-merged) document, so a bad size is reported with
+    every other problem, not only once the rest validates."""
     out = []
     try:
         from atoll.models.names import DIT_SIZE_NAMES, ROUTER_SIZE_NAMES
     except ImportError:
         return out
-    m = spec.spec.experts.model
-    if m not in DIT_SIZE_NAMES:
+    body = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+
+    def named(section: str, default: str):
+        sec = body.get(section)
+        v = sec.get("model", default) if isinstance(sec, dict) else default
+        return v if isinstance(v, str) else None  # other types: pydantic reports them
+
+    m = named("experts", ExpertsSpec.model_fields["model"].default)
+    if m is not None and m not in DIT_SIZE_NAMES:
         out.append(Problem("spec.experts.model", f"unknown DiT size; use one of {', '.join(DIT_SIZE_NAMES)}", m, True))
-    r = spec.spec.router.model
-    if r not in ROUTER_SIZE_NAMES:
+    r = named("router", RouterSpec.model_fields["model"].default)
+    if r is not None and r not in ROUTER_SIZE_NAMES:
         out.append(Problem("spec.router.model", f"unknown router size; use one of {', '.join(ROUTER_SIZE_NAMES)}",
                            r, True))
     return out
@@ -86,12 +97,13 @@ def parse(doc: Any, source: str = "<spec>", base: Path | None = None) -> JobSpec
     if doc.get("apiVersion") not in (None, API_VERSION):
         problems.append(Problem("apiVersion", f"unsupported; use {API_VERSION}", doc.get("apiVersion"), True))
     doc = _apply_recipe(doc, base, problems)
+    problems += _check_sizes(doc)
     try:
         spec = JobSpec.model_validate(doc)
     except ValidationError as e:
-        problems += [p for p in problems_from(e, JobSpec) if p.path != "apiVersion" or not problems]
+        seen = {p.path for p in problems}  # e.g. apiVersion, already explained above
+        problems += [p for p in problems_from(e, JobSpec) if p.path not in seen]
         raise SpecError(source, problems) from None
-    problems += _check_sizes(spec)
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -104,6 +116,8 @@ def load(path: str | Path) -> JobSpec:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(str(path), [Problem("", "file not found; check the path")]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [Problem("", f"not a UTF-8 text file (byte {e.start}); save the spec as UTF-8 YAML")]) from None
     except OSError as e:
         raise SpecError(str(path), [Problem("", f"cannot read the file: {e.strerror}")]) from None
     return loads(text, str(path), path.parent)

@@ -24,6 +24,15 @@ KNOWN_SOURCE_CLASSES = {"fashion-mnist": 10, "digits": 10}
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$")
 
 
+class FieldError(ValueError):
+    """A cross-field rule broken; ``field`` is the camelCase path (relative to
+    the model whose validator raised) of the key to change, so the error names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True, validate_default=True)
@@ -156,7 +165,7 @@ class PartitionSpec(Base):
     @model_validator(mode="after")
     def _fine_vs_k(self):
         if self.method == "kmeans" and self.fine_clusters < self.k:
-            raise ValueError(f"fineClusters ({self.fine_clusters}) must be >= k ({self.k}); "
+            raise FieldError("fineClusters", f"fineClusters ({self.fine_clusters}) must be >= k ({self.k}); "
                              f"raise fineClusters or lower k")
         return self
 
@@ -172,7 +181,7 @@ class ScalingSpec(Base):
     @model_validator(mode="after")
     def _gpu(self):
         if self.gpus_per_worker > 0 and not self.use_gpu:
-            raise ValueError("gpusPerWorker > 0 needs useGpu: true")
+            raise FieldError("gpusPerWorker", "gpusPerWorker > 0 needs useGpu: true")
         return self
 
 
@@ -207,7 +216,7 @@ class ExpertsSpec(Base):
     def _batch(self):
         t, w = self.training, self.scaling.num_workers
         if t.batch_size % (w * t.grad_accum):
-            raise ValueError(f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
+            raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
                              f"training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
                              f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
         return self
@@ -223,7 +232,7 @@ class RouterSpec(Base):
     def _batch(self):
         t, w = self.training, self.scaling.num_workers
         if t.batch_size % (w * t.grad_accum):
-            raise ValueError(f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
+            raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
                              f"training.gradAccum ({w} x {t.grad_accum})")
         return self
 
@@ -257,14 +266,15 @@ class IslandsSpec(Base):
         names = [i.name for i in self.islands]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"island names must be unique; repeated: {', '.join(dup)}")
+            raise FieldError("islands", f"island names must be unique; repeated: {', '.join(dup)}")
         if self.target == "ray":
             missing = [i.name for i in self.islands if not i.address]
             if not self.islands or missing:
-                raise ValueError("target 'ray' needs islands with an address each (e.g. address: "
+                where = f"islands.{names.index(missing[0])}.address" if missing else "islands"
+                raise FieldError(where, "target 'ray' needs islands with an address each (e.g. address: "
                                  f"http://127.0.0.1:8265); missing for: {', '.join(missing) or 'no islands listed'}")
         if self.router_island is not None and self.router_island not in names:
-            raise ValueError(f"routerIsland {self.router_island!r} is not one of the islands: {', '.join(names) or 'none'}")
+            raise FieldError("routerIsland", f"routerIsland {self.router_island!r} is not one of the islands: {', '.join(names) or 'none'}")
         return self
 
 
@@ -284,9 +294,10 @@ class SampleSpec(Base):
     @field_validator("strategies")
     @classmethod
     def _strategies(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if not re.fullmatch(r"full|top[1-9][0-9]*", s):
-                raise ValueError(f"unknown strategy {s!r}; use full, top1, top2, ... topN")
+        bad = [s for s in v if not re.fullmatch(r"full|top[1-9][0-9]*", s)]
+        if bad:
+            raise ValueError(f"unknown strateg{'y' if len(bad) == 1 else 'ies'} {', '.join(map(repr, bad))}; "
+                             "use full, top1, top2, ... topN")
         return v
 
 
@@ -326,18 +337,18 @@ class JobSpecBody(Base):
     def _cross(self):
         k, n = self.partition.k, self.data.num_samples()
         if n is not None and k > n:
-            raise ValueError(f"partition.k ({k}) is larger than the number of samples ({n}); lower partition.k")
+            raise FieldError("partition.k", f"partition.k ({k}) is larger than the number of samples ({n}); lower partition.k")
         if n is not None and self.partition.method == "kmeans" and self.partition.fine_clusters > n:
-            raise ValueError(f"partition.fineClusters ({self.partition.fine_clusters}) is larger than the number "
+            raise FieldError("partition.fineClusters", f"partition.fineClusters ({self.partition.fine_clusters}) is larger than the number "
                              f"of samples ({n}); lower partition.fineClusters")
         if self.experts.conditioning == "text" and self.data.source.type in ("fashion-mnist", "digits"):
             pass  # captions are made from class names for these sources
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
-            raise ValueError("partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
-        for isl in self.islands.islands:
+            raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
+        for i, isl in enumerate(self.islands.islands):
             bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
             if bad:
-                raise ValueError(f"island {isl.name!r} lists experts {bad}, but there are "
+                raise FieldError(f"islands.islands.{i}.experts", f"island {isl.name!r} lists experts {bad}, but there are "
                                  f"{self.num_experts} (ids 0..{self.num_experts - 1})")
         return self
 

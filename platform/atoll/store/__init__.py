@@ -25,7 +25,13 @@ def open_store(uri: str | None = None, s3: S3Config | None = None) -> Store:
 
         return S3Store(uri, s3)
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        # the inverse of Path.as_uri() (what FileStore.uri is): %-escapes, file://localhost/
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(uri)
+        # file://./runs and file://runs stay relative paths, as before
+        host = "" if parts.netloc == "localhost" else parts.netloc
+        uri = unquote(host + parts.path)
     elif "://" in uri:
         raise StoreError(f"store URI {uri!r} has an unknown scheme; use file:///path, a plain path or s3://bucket/prefix")
     from atoll.store.file import FileStore

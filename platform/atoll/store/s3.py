@@ -133,7 +133,11 @@ class S3Store(Store):
         try:
             self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer)
         except Exception as e:
-            raise self._fail(getattr(e, "last_exception", None) or e, key, "upload") from e
+            # boto3 wraps the ClientError (bad credentials, missing bucket) in
+            # S3UploadFailedError; explain the cause, not the wrapper
+            cause = getattr(e, "last_exception", None) or e.__cause__ or e.__context__
+            raise self._fail(cause if cause is not None and type(e).__name__ == "S3UploadFailedError" else e,
+                             key, "upload") from e
 
     def get_file(self, key: str, path: str | Path) -> Path:
         path = Path(path)
