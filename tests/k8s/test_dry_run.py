@@ -1,0 +1,69 @@
+"""One source of truth: the CLI's dry-run output is the chart's `helm template` output for the same spec."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import k8s_specs
+from atoll.islands.kubernetes import submit_kubernetes
+from atoll.k8s.values import chart_values
+from conftest import CHART
+from k8s_schemas import validate
+
+SPECS = {"one-island": k8s_specs.one_island, "eight-gpu-islands": k8s_specs.eight_gpu_islands,
+         "s3-secret": k8s_specs.s3_with_keys}
+
+
+def no_client(context):
+    raise AssertionError("a dry run must not talk to any cluster")
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_dry_run_equals_helm_template(helm, tmp_path, name):
+    job = SPECS[name]()
+    secret = "atoll-s3" if name == "s3-secret" else None
+    cli = submit_kubernetes(job, contexts=None, dry_run=True, output="yaml", s3_secret=secret,
+                            client_factory=no_client)
+    chart = helm("template", job.name, str(CHART), "--namespace", "default",
+                 values=chart_values(job, s3_secret=secret), tmp=tmp_path)
+    assert chart.returncode == 0, chart.stderr
+    assert cli == chart.stdout
+    docs = [d for d in yaml.safe_load_all(cli) if d]
+    assert [p for d in docs for p in validate(d)] == []
+    as_json = json.loads(submit_kubernetes(job, contexts=None, dry_run=True, output="json", s3_secret=secret,
+                                           client_factory=no_client))
+    assert as_json["kind"] == "List" and as_json["items"] == docs
+
+
+def test_eight_islands_manifests_follow_the_spec():
+    job = k8s_specs.eight_gpu_islands()
+    docs = [d for d in yaml.safe_load_all(submit_kubernetes(job, dry_run=True, output="yaml")) if d]
+    jobs = [d for d in docs if d["kind"] == "RayJob"]
+    assert [j["metadata"]["name"] for j in jobs] == [f"k8s-demo-gpu-{i}" for i in range(8)] + ["k8s-demo-router"]
+    for i, j in enumerate(jobs[:8]):
+        assert j["metadata"]["namespace"] == f"island-{i % 2}"
+        assert j["spec"]["entrypoint"] == f"atoll train-expert --spec /etc/atoll/job.yaml --expert {i}"
+        group = j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+        assert group["replicas"] == 2          # experts.scaling.numWorkers
+        assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4  # 8 / 2
+    assert jobs[-1]["metadata"]["namespace"] == "island-1"   # routerIsland gpu-7
+
+
+def test_s3_keys_never_reach_a_configmap():
+    job = k8s_specs.s3_with_keys()
+    text = submit_kubernetes(job, dry_run=True, output="yaml", s3_secret="atoll-s3")
+    assert "not-for-configmaps" not in text and "AKIA-EXAMPLE" not in text
+    assert "secretKeyRef" in text
+
+
+def test_serving_values_render_a_valid_rayservice(helm, tmp_path):
+    job = k8s_specs.serving()
+    out = helm("template", job.name, str(CHART), values=chart_values(job, training=False, serving=True), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "RayService"]
+    assert [p for d in docs for p in validate(d)] == []
+    group = docs[1]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1 + 4 * 1, 1 + 4 * 3)   # one pod per replica
