@@ -82,6 +82,54 @@ def status(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--stor
     console().print(table(snapshot(run_store, expert_units(spec) + [router_unit()], {})))
 
 
+def _contexts(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        island, sep, ctx = p.partition("=")
+        if not sep or not island or not ctx:
+            raise typer.BadParameter(f"--context {p!r}: write ISLAND=KUBE_CONTEXT (or router=CONTEXT)")
+        out[island] = ctx
+    return out
+
+
+@app.command()
+def submit(job: Path = JobArg,
+           target: Optional[str] = typer.Option(None, "--target", help="local | ray | kubernetes (default: the spec's)."),
+           context: list[str] = typer.Option([], "--context", help="kubernetes: ISLAND=KUBE_CONTEXT, repeatable."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="kubernetes: print the manifests, create nothing."),
+           output: str = typer.Option("yaml", "-o", "--output", help="Dry-run format: yaml | json."),
+           image: Optional[str] = typer.Option(None, "--image", help="kubernetes: container image repo:tag."),
+           s3_secret: Optional[str] = typer.Option(None, "--s3-secret", help="kubernetes: Secret with AWS keys.")):
+    """Submits the islands' training to a target: the local Ray, remote Ray clusters, or Kubernetes."""
+    spec = _load(job)
+    target = target or spec.spec.islands.target
+    if target == "local":
+        from atoll import pipeline
+
+        pipeline.run(spec, until="router")
+    elif target == "kubernetes":
+        from atoll import pipeline
+        from atoll.islands.kubernetes import submit_kubernetes
+
+        if not dry_run:  # the control plane prepares the shards the islands read
+            pipeline.run(spec, until="partition")
+
+        def show(st):
+            console().print(st.line(spec.spec.islands.max_retries))
+
+        out = submit_kubernetes(spec, contexts=_contexts(context) or None, dry_run=dry_run, output=output,
+                                image=image, s3_secret=s3_secret, on_status=show)
+        if dry_run:
+            typer.echo(out)
+    elif target == "ray":
+        from atoll.pipeline import PipelineError
+
+        raise PipelineError("the 'ray' target (one Ray cluster per island through its Jobs API) is not "
+                            "available yet; use --target local or kubernetes")
+    else:
+        raise typer.BadParameter(f"--target {target!r}: use local, ray or kubernetes")
+
+
 def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]):
     from atoll import pipeline
     from atoll.islands.local import IslandsFailed, run_units

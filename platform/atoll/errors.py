@@ -9,10 +9,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from atoll.store import StoreError
 
     errs: list[type[BaseException]] = [SpecError, StoreError, PipelineError, IslandsFailed, FileNotFoundError]
-    try:
-        from atoll.data.errors import DataError
+    from atoll.data.errors import DataError
+    from atoll.k8s.errors import KubernetesError
 
-        errs.append(DataError)
-    except ImportError:
-        pass
+    errs += [DataError, KubernetesError]
     return tuple(errs)
