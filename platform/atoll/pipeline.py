@@ -79,6 +79,14 @@ def _runners() -> dict[str, Callable[[JobSpec, Store, S3Config | None], dict]]:
             "router": stages.router, "samples": stages.samples, "report": stages.report}
 
 
+def _record(run_store: Store, res: StageResult) -> None:
+    """Keeps each stage's last wall time in ``stages.json`` (read by the report)."""
+    times = run_store.get_json("stages.json") if run_store.exists("stages.json") else {}
+    times[res.name] = {"wall_s": round(res.wall_s, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())}
+    run_store.put_json("stages.json", times)
+
+
 def run(job: JobSpec, *, until: str | None = None, from_stage: str | None = None, store_uri: str | None = None,
         on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
     check_stage(until, "--until")
@@ -97,6 +105,7 @@ def run(job: JobSpec, *, until: str | None = None, from_stage: str | None = None
         else:
             info = runners[stage](job, run_store, s3_config(job)) or {}
             res = StageResult(stage, "done", time.time() - t0, info)
+            _record(run_store, res)
         results.append(res)
         if on_stage:
             on_stage(res)
