@@ -1,0 +1,122 @@
+"""Folder checkpoints in the store, diffusers-style: ``config.json`` + safetensors.
+
+Layout under ``prefix``::
+
+    config.json         {"kind": "dit" | "router", "config": {...}, **extra}
+    model.safetensors   the EMA weights when an EMA is given, else the model's
+    raw.safetensors     the raw (non-EMA) weights, only when an EMA is given
+    manifest.json       written last by ``store.commit``: files, sizes, sha256
+
+A folder without ``manifest.json`` is not a checkpoint (a save that died half
+way); ``from_pretrained`` refuses it.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from atoll.models.dit import DiT, DiTConfig
+from atoll.models.ema import EMA
+from atoll.models.router import Router, RouterConfig
+from atoll.store import MANIFEST, S3Config, Store, StoreError, join, open_store
+from atoll.store.base import sha256_bytes
+
+FORMAT = "atoll-checkpoint/v1"
+WEIGHTS = ("model", "raw")
+
+
+def _kind(model: nn.Module) -> str:
+    if isinstance(model, DiT):
+        return "dit"
+    if isinstance(model, Router):
+        return "router"
+    raise ValueError(f"save_pretrained takes a DiT or a Router, got {type(model).__name__}")
+
+
+def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
+
+
+def save_pretrained(model: nn.Module, store: Store, prefix: str, *, ema: EMA | None = None,
+                    extra: dict[str, Any] | None = None) -> dict:
+    """Writes the checkpoint folder at ``prefix`` and commits it (manifest last). Returns the manifest.
+
+    An existing checkpoint at ``prefix`` is uncommitted first, so a reader never
+    sees new files under an old manifest.
+    """
+    kind = _kind(model)
+    extra = dict(extra or {})
+    clash = {"kind", "config"} & extra.keys()
+    if clash:
+        raise ValueError(f"save_pretrained extra must not set {sorted(clash)}; they are written from the model")
+    store.delete(join(prefix, MANIFEST))
+    files: dict[str, bytes] = {
+        "config.json": json.dumps({"kind": kind, "config": model.config.to_dict(), **extra},
+                                  indent=2, sort_keys=True, default=str).encode(),
+    }
+    if ema is not None:
+        files["model.safetensors"] = _to_bytes(ema.state_dict())
+        files["raw.safetensors"] = _to_bytes(model.state_dict())
+    else:
+        files["model.safetensors"] = _to_bytes(model.state_dict())
+    for name, data in files.items():
+        store.put_bytes(join(prefix, name), data)
+    manifest = {
+        "format": FORMAT,
+        "kind": kind,
+        "ema": ema is not None,
+        "files": [{"name": n, "size": len(d), "sha256": sha256_bytes(d)} for n, d in files.items()],
+    }
+    return store.commit(prefix, manifest)
+
+
+def _open(uri_or_store: str | Store, prefix: str, s3: S3Config | None) -> tuple[Store, dict]:
+    store = open_store(uri_or_store, s3) if isinstance(uri_or_store, str) else uri_or_store
+    manifest = store.manifest(prefix)
+    if manifest is None:
+        raise FileNotFoundError(f"no committed checkpoint at {store.url(prefix)} (no {MANIFEST}); "
+                                "train the expert/router first (atoll run JOB.yaml) or check the run URI")
+    return store, manifest
+
+
+def load_config(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config | None = None) -> dict:
+    """The checkpoint's ``config.json`` (``kind``, ``config`` and any extra keys)."""
+    store, _ = _open(uri_or_store, prefix, s3)
+    return store.get_json(join(prefix, "config.json"))
+
+
+def from_pretrained(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config | None = None,
+                    weights: str = "model", map_location: str | torch.device = "cpu") -> nn.Module:
+    """Loads a committed checkpoint as a DiT or Router in eval mode.
+
+    ``uri_or_store``: a URI (``file:///abs/runs/x/experts/000``, ``s3://bucket/runs/x/experts/000``,
+    a plain path) or a ``Store``; ``prefix`` is relative to it. ``weights``: ``"model"``
+    (EMA when saved with one) or ``"raw"``. Hashes are checked against the manifest.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    store, manifest = _open(uri_or_store, prefix, s3)
+    meta = store.get_json(join(prefix, "config.json"))
+    kind = meta.get("kind")
+    if kind == "dit":
+        model: nn.Module = DiT(DiTConfig.from_dict(meta["config"]))
+    elif kind == "router":
+        model = Router(RouterConfig.from_dict(meta["config"]))
+    else:
+        raise StoreError(f"{store.url(join(prefix, 'config.json'))} has kind {kind!r}; expected 'dit' or 'router'")
+    name = f"{weights}.safetensors"
+    entry = {f["name"]: f for f in manifest.get("files", [])}.get(name)
+    if entry is None:
+        hint = " (it was saved without an EMA; use weights='model')" if weights == "raw" else ""
+        raise FileNotFoundError(f"checkpoint {store.url(prefix)} has no {name}{hint}")
+    data = store.get_bytes(join(prefix, name))
+    if sha256_bytes(data) != entry["sha256"]:
+        raise StoreError(f"{store.url(join(prefix, name))} does not match its manifest hash (corrupt or "
+                         "overwritten); save the checkpoint again")
+    model.load_state_dict(st_load(data), strict=True)
+    return model.to(map_location).eval()

@@ -1,0 +1,112 @@
+"""The router: a small transformer classifier ``r(x_t, t) -> logits over K experts``.
+
+It reuses DiT's pieces (patch embedding, sincos positions, timestep embedding,
+adaLN-Zero blocks): the noisy image is patchified, the blocks are conditioned
+on ``t`` through adaLN, the tokens are mean-pooled, and an adaLN-modulated
+LayerNorm + linear head gives the logits. Trained with cross-entropy on
+(noised sample, its cluster id), its softmax estimates ``p(k | x_t, t)``.
+
+Shapes: ``x_t [B, C, H, W]``, ``t [B]`` in [0, 1] -> logits ``[B, K]``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from atoll.models.dit import DiTBlock, PatchEmbed, TimestepEmbedder, init_dit_weights, modulate, sincos_pos_embed_2d
+
+ROUTER_SIZES: dict[str, dict] = {
+    "Router-XS": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2),
+    "Router-S": dict(depth=3, hidden_size=128, patch_size=4, num_heads=4),
+    "Router-B": dict(depth=4, hidden_size=256, patch_size=4, num_heads=4),
+}
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything needed to rebuild a router. ``size`` names an entry of ``ROUTER_SIZES``."""
+
+    size: str
+    input_size: int
+    in_channels: int
+    num_experts: int
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.size not in ROUTER_SIZES:
+            raise ValueError(f"RouterConfig.size {self.size!r} is unknown; use one of {', '.join(ROUTER_SIZES)}")
+        p = ROUTER_SIZES[self.size]["patch_size"]
+        if self.input_size < p or self.input_size % p:
+            raise ValueError(f"RouterConfig.input_size {self.input_size} must be a multiple of the patch size {p} "
+                             f"of {self.size}; resize the images")
+        if self.in_channels < 1:
+            raise ValueError(f"RouterConfig.in_channels must be >= 1, got {self.in_channels}")
+        if self.num_experts < 1:
+            raise ValueError(f"RouterConfig.num_experts must be >= 1, got {self.num_experts}")
+
+    @property
+    def dims(self) -> dict:
+        return ROUTER_SIZES[self.size]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RouterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"RouterConfig has no field(s) {sorted(unknown)}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def build(self) -> "Router":
+        return Router(self)
+
+
+class Router(nn.Module):
+    """``forward(x_t, t) -> logits [B, K]``; ``probs(x_t, t)`` gives the softmax."""
+
+    def __init__(self, config: RouterConfig):
+        super().__init__()
+        self.config = config
+        d = config.dims
+        D, p = d["hidden_size"], d["patch_size"]
+        self.x_embedder = PatchEmbed(config.in_channels, D, p)
+        self.t_embedder = TimestepEmbedder(D)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, config.input_size // p)[None], persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(D, d["num_heads"], config.mlp_ratio) for _ in range(d["depth"]))
+        self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.head = nn.Linear(D, config.num_experts)
+        init_dit_weights(self)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.head_modulation[-1].weight)
+        nn.init.zeros_(self.head_modulation[-1].bias)
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if x_t.dim() != 4 or x_t.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise ValueError(f"x_t must have shape [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
+                             f"got {list(x_t.shape)}")
+        B = x_t.shape[0]
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape [{B}] (one time per image), got {list(t.shape)}")
+        h = self.x_embedder(x_t) + self.pos_embed.to(x_t.dtype)
+        c = self.t_embedder(t)
+        for blk in self.blocks:
+            h = blk(h, c)
+        shift, scale = self.head_modulation(c).chunk(2, dim=1)
+        pooled = modulate(self.norm(h.mean(dim=1, keepdim=True)), shift, scale).squeeze(1)
+        return self.head(pooled)
+
+    @torch.no_grad()
+    def probs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``softmax(forward(x_t, t))`` in float32, ``[B, K]``."""
+        return torch.softmax(self.forward(x_t, t).float(), dim=-1)
