@@ -80,6 +80,12 @@ def status(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--stor
         ok = pipeline.is_complete(run_store, spec, stage)
         console().print(f"{stage:10s} {'[green]complete[/green]' if ok else '[yellow]not complete[/yellow]'}")
     console().print(table(snapshot(run_store, expert_units(spec) + [router_unit()], {})))
+    from atoll.islands import control_state
+
+    if control_state.load(run_store) is not None:  # submitted with --target ray: island, attempt, job id
+        from atoll.islands.remote import status_rows, status_table
+
+        console().print(status_table(status_rows(spec, run_store)))
 
 
 def _contexts(pairs: list[str]) -> dict[str, str]:
@@ -122,12 +128,50 @@ def submit(job: Path = JobArg,
         if dry_run:
             typer.echo(out)
     elif target == "ray":
-        from atoll.pipeline import PipelineError
+        from atoll.islands.remote import submit_ray
 
-        raise PipelineError("the 'ray' target (one Ray cluster per island through its Jobs API) is not "
-                            "available yet; use --target local or kubernetes")
+        if spec.spec.islands.target != "ray" or not spec.spec.islands.islands:
+            raise typer.BadParameter("--target ray needs spec.islands.target: ray with islands listed by address")
+        submit_ray(spec, on_event=lambda m: console().print(f"[bold]ray[/bold] {m}"))
     else:
         raise typer.BadParameter(f"--target {target!r}: use local, ray or kubernetes")
+
+
+@app.command()
+def logs(job: Path = JobArg,
+         expert: Optional[int] = typer.Option(None, "--expert", help="Expert id (0..k-1)."),
+         router: bool = typer.Option(False, "--router", help="The router's job instead of an expert's."),
+         tail: int = typer.Option(100, "--tail", help="Print the last N lines (0: all)."),
+         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the job ends."),
+         store: Optional[str] = typer.Option(None, "--store")):
+    """Prints a unit's Ray job logs from its island (ray target)."""
+    from atoll import pipeline
+    from atoll.islands.remote import unit_job
+
+    spec = _load(job)
+    if router == (expert is not None):
+        raise typer.BadParameter("give exactly one of --expert K or --router")
+    if expert is not None and not 0 <= expert < spec.spec.num_experts:
+        raise typer.BadParameter(f"--expert must be in 0..{spec.spec.num_experts - 1}")
+    name = "router" if router else f"expert-{expert:03d}"
+    from atoll.islands.ray_jobs import JobsError
+
+    client, job_id = unit_job(spec, pipeline.open_run(spec, store), name)
+    console().print(f"[dim]{name}: job {job_id} on island {client.island} ({client.address})[/dim]")
+    try:
+        text = client.logs(job_id)
+    except JobsError as e:
+        raise pipeline.PipelineError(str(e)) from e
+    lines = text.splitlines()
+    typer.echo("\n".join(lines[-tail:] if tail else lines))
+    if follow:
+        seen = len(text)
+        for chunk in client.follow(job_id):
+            if seen > 0:   # tail_job_logs starts from the beginning: skip what was printed
+                cut = min(seen, len(chunk))
+                chunk, seen = chunk[cut:], seen - cut
+            if chunk:
+                typer.echo(chunk, nl=False)
 
 
 def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]):
