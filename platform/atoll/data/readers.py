@@ -1,0 +1,143 @@
+"""Reading committed shard artifacts: ``load_arrays`` (all in memory) and
+``iter_samples`` (streaming, on the ``webdataset`` library)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from atoll.data import tario
+from atoll.data.errors import CorruptShard, DataError
+from atoll.store import Store, join
+
+
+@dataclass
+class Arrays:
+    """A whole artifact in memory. ``captions`` is None when no sample has one."""
+
+    images: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray  # int64 [N] (-1: no label)
+    captions: list[str | None] | None
+    keys: list[str]
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def committed(store: Store, prefix: str) -> dict:
+    m = store.manifest(prefix)
+    if m is None:
+        raise DataError(f"{store.url(prefix)} has no committed manifest.json; run the stage that writes it "
+                        "(e.g. `atoll run JOB.yaml`) or check the run name")
+    return m
+
+
+def shard_bytes(store: Store, prefix: str, entry: dict, verify: bool = True) -> bytes:
+    """The bytes of one shard, checked against the manifest's size and sha256."""
+    key = join(prefix, entry["name"])
+    data = store.get_bytes(key)
+    if verify and (len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]):
+        raise CorruptShard(f"shard {store.url(key)} is corrupt: its size/sha256 do not match "
+                           f"{store.url(join(prefix, 'manifest.json'))}; delete the artifact "
+                           f"{store.url(prefix)} and rerun its stage")
+    return data
+
+
+def raw_records(streams: Iterator[dict]) -> Iterator[dict]:
+    """WebDataset raw samples (``__key__``, ``__url__``, ext -> bytes) from ``{"url", "stream"}`` dicts."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(streams))
+
+
+def decode_image(png: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 [H, W, C]."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)))
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def decode_record(raw: dict) -> dict:
+    """A raw record as a sample ``{"key", "image" [H,W,C], "label", "caption"}``."""
+    try:
+        txt = raw.get("txt")
+        return {"key": raw["__key__"], "image": decode_image(raw["png"]),
+                "label": int(raw["cls"].decode()) if "cls" in raw else -1,
+                "caption": txt.decode("utf-8") if txt else None}
+    except Exception as e:
+        raise CorruptShard(f"sample {raw.get('__key__')} in shard {raw.get('__url__')} cannot be decoded ({e}); "
+                           "delete the artifact and rerun its stage") from None
+
+
+def iter_shard(store: Store, prefix: str, entry: dict, verify: bool = True) -> Iterator[dict]:
+    """Raw records of one Atoll shard (``tario``: fast); a malformed shard raises CorruptShard naming its URI."""
+    url = store.url(join(prefix, entry["name"]))
+    yield from tario.records(shard_bytes(store, prefix, entry, verify), url)
+
+
+def iter_raw(store: Store, prefix: str, verify: bool = True) -> Iterator[dict]:
+    """Raw records of every shard of a committed artifact, in manifest order."""
+    for entry in committed(store, prefix)["shards"]:
+        yield from iter_shard(store, prefix, entry, verify)
+
+
+def load_arrays(store: Store, prefix: str, *, verify: bool = True) -> Arrays:
+    """Reads every shard of the artifact at ``prefix`` into memory (for small data)."""
+    m = committed(store, prefix)
+    images, labels, captions, keys = [], [], [], []
+    for raw in iter_raw(store, prefix, verify):
+        s = decode_record(raw)
+        images.append(s["image"])
+        labels.append(s["label"])
+        captions.append(s["caption"])
+        keys.append(s["key"])
+    if len(keys) != m["count"]:
+        raise CorruptShard(f"{store.url(prefix)} holds {len(keys)} samples but its manifest says {m['count']}; "
+                           "delete the artifact and rerun its stage")
+    if images:
+        arr = np.stack(images).transpose(0, 3, 1, 2)
+    else:
+        arr = np.zeros((0, *(m.get("image_shape") or (1, 1, 1))), np.uint8)
+    return Arrays(images=np.ascontiguousarray(arr), labels=np.asarray(labels, dtype=np.int64),
+                  captions=captions if any(c is not None for c in captions) else None,
+                  keys=keys, class_names=m.get("class_names"))
+
+
+def iter_samples(store: Store, prefix: str, *, rank: int = 0, world_size: int = 1,
+                 shuffle_seed: int | None = None, shuffle_buffer: int = 2000,
+                 verify: bool = True) -> Iterator[dict]:
+    """Streams samples ``{"key", "image" uint8 [H,W,C], "label", "caption"}`` of one artifact.
+
+    Rank ``rank`` of ``world_size`` gets a disjoint part: whole shards when there
+    are at least ``world_size`` shards, else every ``world_size``-th sample.
+    ``shuffle_seed`` shuffles the shard order and samples (buffer of
+    ``shuffle_buffer``) reproducibly; None keeps manifest order.
+    """
+    import webdataset as wds
+
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank ({rank}) must be in 0..world_size-1 and world_size ({world_size}) >= 1")
+    shards = list(committed(store, prefix)["shards"])
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(shards)
+    by_shard = len(shards) >= world_size
+    mine = shards[rank::world_size] if by_shard else shards
+
+    def opened(_=None):
+        for e in mine:
+            yield {"url": store.url(join(prefix, e["name"])), "stream": io.BytesIO(shard_bytes(store, prefix, e, verify))}
+
+    stages = [opened, wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys]
+    if not by_shard and world_size > 1:
+        stages.append(lambda src: (s for i, s in enumerate(src) if i % world_size == rank))
+    if shuffle_seed is not None:
+        stages.append(wds.filters.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer),
+                                          rng=random.Random(shuffle_seed + 1 + rank)))
+    stages.append(wds.filters.map(decode_record))
+    yield from wds.DataPipeline(*stages)

@@ -1,0 +1,89 @@
+"""Existing WebDataset shards (local paths, file:// or s3:// URIs, brace patterns).
+
+S3 shards are read through the store (boto3), with the job's S3 settings; the
+tar parsing and sample grouping are the ``webdataset`` library's.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from atoll.data.errors import DataError
+from atoll.data.sources.base import Sample, Source, as_hwc, resize, safe_key
+
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "bmp")
+LABEL_FIELDS = ("cls", "label")
+CAPTION_FIELDS = ("txt", "caption")
+
+
+def expand(urls: list[str]) -> list[str]:
+    from webdataset.shardlists import expand_urls
+
+    return [u for pattern in urls for u in expand_urls(pattern)]
+
+
+def open_url(url: str, s3=None):
+    """A readable binary stream of one shard; errors name the URL and the fix."""
+    if url.startswith("s3://"):
+        from atoll.store import open_store
+
+        bucket, _, key = url[5:].partition("/")
+        return open_store(f"s3://{bucket}", s3).open(key)
+    path = Path(url[7:] if url.startswith("file://") else url)
+    if not path.is_file():
+        raise DataError(f"WebDataset shard {url} does not exist; fix data.source.urls")
+    return open(path, "rb")
+
+
+def raw_samples(urls: list[str], s3=None) -> Iterator[dict]:
+    """WebDataset samples (dicts of raw bytes by extension, plus ``__key__``/``__url__``)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    def streams():
+        for url in urls:
+            yield {"url": url, "stream": open_url(url, s3)}
+
+    try:
+        yield from group_by_keys(tar_file_expander(streams()))
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"cannot read WebDataset shards {urls} ({e}); check that they are valid tar files") from None
+
+
+def decode(raw: dict, image_size: int | None) -> Sample:
+    from PIL import Image
+
+    field = next((f for f in IMAGE_FIELDS if f in raw), None)
+    where = f"{raw.get('__url__')}:{raw.get('__key__')}"
+    if field is None:
+        raise DataError(f"WebDataset sample {where} has no image ({', '.join(IMAGE_FIELDS)}); "
+                        "every sample needs one")
+    try:
+        with Image.open(io.BytesIO(raw[field])) as im:
+            im = im if im.mode in ("L", "RGB") else im.convert("RGB")
+            image = as_hwc(np.asarray(im))
+    except Exception as e:
+        raise DataError(f"cannot decode the image of WebDataset sample {where} ({e}); fix or drop the shard") from None
+    label = next((int(raw[f].decode().strip()) for f in LABEL_FIELDS if f in raw), -1)
+    caption = next((raw[f].decode("utf-8").strip() for f in CAPTION_FIELDS if f in raw), None)
+    return {"key": safe_key(raw["__key__"]), "image": resize(image, image_size), "label": label,
+            "caption": caption or None}
+
+
+class WebDatasetShards(Source):
+    def __init__(self, urls: list[str], image_size: int | None = None, s3=None):
+        self.urls, self.image_size, self.s3 = expand(urls), image_size, s3
+
+    def count(self) -> int:
+        return sum(1 for _ in raw_samples(self.urls, self.s3))
+
+    def read(self, start: int, stop: int) -> Iterator[Sample]:
+        for i, raw in enumerate(raw_samples(self.urls, self.s3)):
+            if i >= stop:
+                return
+            if i >= start:
+                yield decode(raw, self.image_size)
