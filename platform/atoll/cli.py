@@ -202,6 +202,26 @@ def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] 
     _train_one(spec, "router", None, store)
 
 
+@app.command()
+def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
+           strategy: str = typer.Option("top1", "--strategy", help="full, top1, top2, ... topN."),
+           class_: Optional[str] = typer.Option(None, "--class", help="Class index or name; default: cycle through classes."),
+           n: int = typer.Option(16, "-n", help="Number of images."),
+           steps: int = typer.Option(32, "--steps", help="Sampler steps."),
+           sampler: str = typer.Option("euler", "--sampler", help="euler or heun."),
+           guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = off)."),
+           seed: int = typer.Option(0, "--seed"),
+           output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="The grid PNG to write."),
+           nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: ~sqrt(n))."),
+           trace: Optional[Path] = typer.Option(None, "--trace", help="Also write a picture of routing per step."),
+           device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ...")):
+    """Samples images from a trained run's ensemble and writes a grid (and optionally the routing trace)."""
+    from atoll.sampling.cli import sample_command
+
+    sample_command(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
+                   seed=seed, output=output, nrow=nrow, trace=trace, device=device)
+
+
 def main() -> None:
     from atoll.errors import user_errors
 

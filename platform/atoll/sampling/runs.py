@@ -1,0 +1,81 @@
+"""Locating and loading a trained run: its experts, its router and its class names.
+
+A run is ``<store>/<name>/`` with ``experts/000/model/`` ... (committed
+checkpoints), ``router/model/`` (absent for a monolith), ``data/manifest.json``
+(``num_classes``, ``class_names``) and ``job.json`` (``{"spec": ...}``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from atoll.sampling.errors import RunNotFound
+from atoll.store import S3Config, Store, open_store
+
+_EXPERT_DIR = re.compile(r"experts/(\d{3})/")
+
+
+@dataclass
+class RunInfo:
+    """What a run holds: ``num_experts``, whether it is a monolith, its classes."""
+
+    store: Store
+    num_experts: int
+    monolith: bool
+    class_names: list[str] = field(default_factory=list)
+    num_classes: int = 0
+    job: dict | None = None
+
+
+def open_run_uri(run: str | Store, s3: S3Config | None = None) -> Store:
+    """A run URI (``./runs/quickstart``, ``file:///...``, ``s3://b/p/quickstart``), a job YAML, or a Store."""
+    if isinstance(run, Store):
+        return run
+    if run.endswith((".yaml", ".yml")) and Path(run).is_file():
+        from atoll.pipeline import open_run
+        from atoll.spec import load
+
+        job = load(run)
+        return open_run(job) if s3 is None else open_store(job.spec.store.uri, s3).sub(job.name)
+    return open_store(run, s3)
+
+
+def _expert_count(store: Store, job: dict | None) -> tuple[int, bool]:
+    spec = (job or {}).get("spec", {}).get("spec", {})
+    if spec:
+        monolith = spec.get("experts", {}).get("mode") == "monolith"
+        return (1 if monolith else int(spec.get("partition", {}).get("k", 0))), monolith
+    ids = {int(m.group(1)) for k in store.list("experts") if (m := _EXPERT_DIR.match(k))}
+    n = max(ids) + 1 if ids else 0
+    return n, n == 1 and not store.exists("router/model/manifest.json")
+
+
+def inspect_run(store: Store) -> RunInfo:
+    """Reads the run's layout; raises ``RunNotFound`` (naming the URI and the fix) when it is not a run."""
+    job = store.get_json("job.json") if store.exists("job.json") else None
+    n, monolith = _expert_count(store, job)
+    if n < 1:
+        raise RunNotFound(f"no Atoll run at {store.uri}: found no job.json and no experts/000/; pass the run folder "
+                          "(<store>/<job name>, e.g. ./runs/quickstart or s3://bucket/prefix/quickstart) or the job "
+                          "YAML, and train it first with `atoll run JOB.yaml`")
+    data = store.manifest("data") or {}
+    names = list(data.get("class_names") or [])
+    return RunInfo(store=store, num_experts=n, monolith=monolith, class_names=names,
+                   num_classes=int(data.get("num_classes") or len(names)), job=job)
+
+
+def checkpoint_prefix(k: int | None) -> str:
+    """``experts/00k/model`` for expert ``k``; ``router/model`` for ``None``."""
+    return "router/model" if k is None else f"experts/{k:03d}/model"
+
+
+def require_checkpoint(store: Store, k: int | None, num_experts: int) -> str:
+    """The checkpoint prefix if it is committed, else ``RunNotFound`` naming its URI and the fix."""
+    prefix = checkpoint_prefix(k)
+    if store.manifest(prefix) is None:
+        what = "the router" if k is None else f"expert {k} (of {num_experts})"
+        raise RunNotFound(f"{what} has no committed checkpoint at {store.url(prefix)} (no manifest.json): "
+                          "the run is not trained that far; run `atoll run JOB.yaml` to finish it "
+                          "(completed stages are skipped), or check the run URI")
+    return prefix

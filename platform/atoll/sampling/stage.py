@@ -1,0 +1,136 @@
+"""The ``samples`` pipeline stage: sample grids per strategy and per expert, a routing trace, a manifest.
+
+Writes under ``run/samples/``:
+
+* ``<strategy>.png``   one row per class, ``sample.numPerClass`` images per row;
+* ``expert-00k.png``   the same grid from expert k alone (no router);
+* ``trace.png``        routing over time for a few samples (top1 if asked for, else the first strategy);
+* ``manifest.json``    last: per strategy seconds and GFLOPs per image (and class accuracy
+  when ``atoll.eval`` provides a classifier), the files with sizes and hashes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from atoll.progress import console, task
+from atoll.sampling.ensemble import Ensemble
+from atoll.sampling.evaluate import class_accuracy
+from atoll.sampling.grid import default_scale, grid_png
+from atoll.sampling.result import SampleResult
+from atoll.sampling.trace_plot import trace_png
+from atoll.spec import JobSpec
+from atoll.store import MANIFEST, S3Config, Store, join
+from atoll.store.base import sha256_bytes
+
+PREFIX = "samples"
+FORMAT = "atoll-samples/v1"
+BATCH = 64
+
+
+def grid_labels(ens: Ensemble, per_class: int) -> tuple[torch.Tensor | None, int]:
+    """Labels of the grid (class c repeated ``per_class`` times, c = 0..C-1) and the row count.
+
+    An unconditional model gets 4 rows of unlabelled samples."""
+    if ens.num_classes == 0:
+        return None, 4
+    return torch.arange(ens.num_classes).repeat_interleave(per_class), ens.num_classes
+
+
+def trace_rows(labels: torch.Tensor | None, per_class: int, count: int = 4) -> list[int]:
+    """A few sample indices for the trace picture: the first sample of the first ``count`` rows."""
+    rows = 4 if labels is None else int(labels.numel()) // per_class
+    return [r * per_class for r in range(min(count, rows))]
+
+
+class _Writer:
+    """Writes the stage's files and remembers them for the manifest."""
+
+    def __init__(self, run: Store):
+        self.run, self.files = run, []
+
+    def put(self, name: str, data: bytes) -> None:
+        self.run.put_bytes(join(PREFIX, name), data)
+        self.files.append({"name": name, "size": len(data), "sha256": sha256_bytes(data)})
+
+
+def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    """Samples the run's ensemble with every ``spec.sample`` strategy and each expert alone; returns the manifest."""
+    ss = job.spec.sample
+    ens = Ensemble.from_pretrained(run, s3=s3)
+    for s in ss.strategies:
+        ens.check_strategy(s)
+    run.delete(join(PREFIX, MANIFEST))  # uncommitted while we write
+    labels, rows = grid_labels(ens, ss.num_per_class)
+    n = rows * ss.num_per_class
+    strategies = list(dict.fromkeys(ss.strategies))
+    experts = list(range(ens.num_experts)) if ens.num_experts > 1 else []  # a monolith's expert = its strategies
+    runs = (len(strategies) if ens.num_experts > 1 else 1) + len(experts)
+    kw = dict(steps=ss.steps, sampler=ss.sampler, guidance=ss.guidance, seed=ss.seed, batch_size=BATCH)
+    trace_strategy = "top1" if "top1" in strategies else strategies[0]
+    scale = default_scale(ens.image_shape[1])
+    out = _Writer(run)
+    results: dict[str, SampleResult] = {}
+    with task("samples", total=runs * ss.steps * math.ceil(n / BATCH)) as bar:
+        for s in strategies:
+            if ens.num_experts == 1 and results:  # one model: every strategy is the same samples
+                results[s] = next(iter(results.values()))
+            else:
+                results[s] = ens.sample(n, class_labels=labels, strategy=s, return_trace=s == trace_strategy or ens.num_experts == 1,
+                                        progress=bar.advance, **kw)
+            out.put(f"{s}.png", grid_png(results[s].images, ss.num_per_class, scale=scale))
+        for k in experts:
+            res = ens.only(k).sample(n, class_labels=labels, strategy="top1", progress=bar.advance, **kw)
+            out.put(f"expert-{k:03d}.png", grid_png(res.images, ss.num_per_class, scale=scale))
+            results[f"expert-{k:03d}"] = res
+        if ens.num_experts == 1:
+            out.put("expert-000.png", grid_png(results[strategies[0]].images, ss.num_per_class, scale=scale))
+    traced = results[trace_strategy]
+    if traced.trace is not None:
+        pick = trace_rows(labels, ss.num_per_class)
+        names = None if labels is None else [ens.class_names[int(labels[i])] for i in pick]
+        out.put("trace.png", trace_png(traced.trace.subset(pick), traced.images[pick], samples=len(pick),
+                                       labels=names, title=f"routing per step ({trace_strategy}, "
+                                                           f"{ens.num_experts} experts)"))
+    manifest = _manifest(job, ens, run, results, strategies, out.files)
+    manifest = run.commit(PREFIX, manifest)
+    _print(manifest)
+    return manifest
+
+
+def _entry(run: Store, res: SampleResult) -> dict:
+    e = {"seconds_per_image": round(res.seconds_per_image, 5), "gflops_per_image": round(res.gflops_per_image, 4)}
+    acc = class_accuracy(run, res.images, res.labels)
+    if acc is not None:
+        e["class_accuracy"] = round(acc, 4)
+    if res.trace is not None:
+        e["expert_usage"] = [round(u, 4) for u in res.trace.usage()]
+    return e
+
+
+def _manifest(job: JobSpec, ens: Ensemble, run: Store, results: dict[str, SampleResult], strategies: list[str],
+              files: list[dict]) -> dict:
+    ss = job.spec.sample
+    return {
+        "format": FORMAT, "num_experts": ens.num_experts, "monolith": ens.num_experts == 1,
+        "classes": ens.class_names[: ens.num_classes], "num_per_class": ss.num_per_class, "steps": ss.steps,
+        "sampler": ss.sampler, "guidance": ss.guidance, "seed": ss.seed,
+        "strategies": {s: _entry(run, results[s]) for s in strategies},
+        "experts": {k: _entry(run, r) for k, r in results.items() if k.startswith("expert-")},
+        "files": files,
+    }
+
+
+def _print(manifest: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="samples")
+    for c in ("grid", "s/image", "GFLOPs/image", "class acc."):
+        t.add_column(c, justify="right")
+    for group in ("strategies", "experts"):
+        for name, e in manifest[group].items():
+            acc = e.get("class_accuracy")
+            t.add_row(name, f"{e['seconds_per_image']:.4f}", f"{e['gflops_per_image']:.3f}",
+                      "-" if acc is None else f"{acc:.3f}")
+    console().print(t)
