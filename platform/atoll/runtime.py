@@ -40,8 +40,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
-                 _node_ip_address="127.0.0.1", log_to_driver=True, **kwargs)
+        # the dashboard serves the state API that Ray Train and Serve query; loopback only
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1", log_to_driver=True, **kwargs)
 
 
 def shutdown_ray() -> None:

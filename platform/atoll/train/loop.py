@@ -70,6 +70,7 @@ def train_island(cfg: dict) -> None:
     accum = tr.grad_accum
     micro = tr.batch_size // (world * accum)
     loss_sum, n_loss, t_last, step_last = 0.0, 0, time.time(), start
+    last_metrics: dict = {"step": start}
     for step in range(start, tr.steps):
         for a in range(accum):
             batch = task.batch(step, micro, rank, world, a, accum, device)
@@ -88,12 +89,13 @@ def train_island(cfg: dict) -> None:
             lr = engine.get_lr()[0] if hasattr(engine, "get_lr") else tr.lr
             if rank == 0:
                 log.step(done, loss_avg, sps, lr)
-            raytrain.report({"step": done, "loss": loss_avg, "samples_per_s": sps})
+            last_metrics = {"step": done, "loss": loss_avg, "samples_per_s": sps}
             loss_sum, n_loss, t_last, step_last = 0.0, 0, time.time(), done
         if done % tr.checkpoint_every == 0 and done < tr.steps:
             _save_checkpoint(engine, ema, island, scratch, done, rank, world, tr.zero_stage)
             if rank == 0:
                 log.checkpoint(done)
+            raytrain.report(last_metrics)  # a barrier: kept to checkpoint steps, progress goes to the store
 
     _finish(engine, ema, task, island, run, rank, world, log, dtype, device)
 
