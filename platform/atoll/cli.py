@@ -222,6 +222,17 @@ def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://b
                    seed=seed, output=output, nrow=nrow, trace=trace, device=device)
 
 
+@app.command("serve")
+def serve_cmd(run: str = typer.Argument(..., help="A job YAML or a run (./runs/quickstart, s3://bucket/prefix/quickstart)."),
+              port: Optional[int] = typer.Option(None, "--port", help="HTTP port on 127.0.0.1 (default: spec.serve.port)."),
+              config_out: Optional[Path] = typer.Option(None, "--config-out", help="Write a Serve config file instead."),
+              run_uri: Optional[str] = typer.Option(None, "--run-uri", help="Run URI to put in the config file.")):
+    """Serves a trained run over HTTP (router + one deployment per expert) on 127.0.0.1."""
+    from atoll.serve.cli import serve_command
+
+    serve_command(run, port=port, config_out=config_out, run_uri=run_uri)
+
+
 def main() -> None:
     from atoll.errors import user_errors
 

@@ -134,10 +134,9 @@ class Ensemble:
     @torch.no_grad()
     def route(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Router probabilities ``[B, K]`` float32 (all ones ``[B, 1]`` for a single expert)."""
-        if self.num_experts == 1:
-            return torch.ones(x_t.shape[0], 1, device=x_t.device)
-        self._router_rows += x_t.shape[0]
-        return torch.softmax(self.router(x_t, t).float(), dim=-1)
+        if self.num_experts > 1:
+            self._router_rows += x_t.shape[0]
+        return route_probs(self.router if self.num_experts > 1 else None, x_t, t)
 
     def select(self, probs: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices [B, k], weights [B, k])`` for ``strategy`` (see ``strategies.select``)."""
@@ -148,14 +147,8 @@ class Ensemble:
                         guidance: float = 1.0) -> torch.Tensor:
         """Expert ``k``'s velocity ``[B, C, H, W]``; with ``y`` and ``guidance != 1`` one batched pass
         of ``[cond; null]`` rows and ``v_u + g (v_c - v_u)``."""
-        model = self.experts[k]
-        if y is None or guidance == 1.0:
-            self._rows[k] += x.shape[0]
-            return model(x, t, y=y)
-        null = torch.full_like(y, self.num_classes)
-        self._rows[k] += 2 * x.shape[0]
-        v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null])).chunk(2)
-        return v_u + guidance * (v_c - v_u)
+        self._rows[k] += x.shape[0] if y is None or guidance == 1.0 else 2 * x.shape[0]
+        return expert_forward(self.experts[k], x, t, y, guidance, self.num_classes)
 
     @torch.no_grad()
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0,
@@ -167,14 +160,10 @@ class Ensemble:
         """
         probs = self.route(x_t, t)
         idx, w = self.select(probs, strategy)
-        v = torch.zeros_like(x_t)
-        for k in range(self.num_experts):
-            rows, slot = (idx == k).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            vk = self.expert_velocity(k, x_t[rows], t[rows], None if y is None else y[rows], guidance)
-            v.index_add_(0, rows, vk * w[rows, slot].to(vk.dtype).view(-1, *([1] * (vk.dim() - 1))))
-        return v, TraceStep(t=t.detach(), probs=probs, indices=idx, weights=w)
+        groups = group_rows(idx, self.num_experts)
+        outs = [self.expert_velocity(k, x_t[rows], t[rows], None if y is None else y[rows], guidance)
+                for k, rows, _ in groups]
+        return combine(x_t, w, groups, outs), TraceStep(t=t.detach(), probs=probs, indices=idx, weights=w)
 
     # -- costs -----------------------------------------------------------------
     def gflops_per_image(self, strategy: str, *, steps: int, sampler: str = "euler", guidance: float = 1.0,
@@ -271,3 +260,47 @@ class Ensemble:
             if progress is not None:
                 progress(1)
         return x, (Trace.from_steps(recorded) if record else None)
+
+
+# -- the pieces of one model evaluation, shared with the Serve deployments ------------
+@torch.no_grad()
+def route_probs(router: nn.Module | None, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The router's softmax ``[B, K]`` float32; all ones ``[B, 1]`` without a router (one expert)."""
+    if router is None:
+        return torch.ones(x_t.shape[0], 1, device=x_t.device)
+    return torch.softmax(router(x_t, t).float(), dim=-1)
+
+
+@torch.no_grad()
+def expert_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                   guidance: float | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One expert's velocity; with ``y`` and ``guidance != 1`` one pass of ``[cond; null]`` rows, CFG-combined.
+
+    ``guidance``: a float, or a ``[B]`` tensor (one scale per row, always CFG: batched serving requests).
+    """
+    per_row = isinstance(guidance, torch.Tensor)
+    if y is None or (not per_row and guidance == 1.0):
+        return model(x, t, y=y)
+    null = torch.full_like(y, num_classes)
+    v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null])).chunk(2)
+    g = guidance.to(v_c.dtype).view(-1, *([1] * (v_c.dim() - 1))) if per_row else guidance
+    return v_u + g * (v_c - v_u)
+
+
+def group_rows(idx: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(k, rows, slot)`` for every expert chosen by some row of ``idx [B, k]``, in expert order."""
+    out = []
+    for k in range(num_experts):
+        rows, slot = (idx == k).nonzero(as_tuple=True)
+        if rows.numel():
+            out.append((k, rows, slot))
+    return out
+
+
+def combine(x_t: torch.Tensor, w: torch.Tensor, groups: list[tuple[int, torch.Tensor, torch.Tensor]],
+            outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``v = sum_k w * v_k`` from the per-group expert outputs (``group_rows`` order: deterministic)."""
+    v = torch.zeros_like(x_t)
+    for (_, rows, slot), vk in zip(groups, outputs):
+        v.index_add_(0, rows, vk * w[rows, slot].to(vk.dtype).view(-1, *([1] * (vk.dim() - 1))))
+    return v

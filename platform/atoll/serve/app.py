@@ -1,0 +1,127 @@
+"""The Serve application: ``build_app(job | run_uri) -> Application``.
+
+Graph (``.bind()``)::
+
+    Ingress (FastAPI, HTTP)  --handle-->  Router
+                             --handles--> Expert-000, Expert-001, ...  (one deployment per expert)
+
+Every deployment gets its replicas / autoscaling / resources / batching from ``spec.serve``.
+``app_builder(args)`` is the same builder for ``serve run`` / ``serve deploy`` / KubeRay RayService
+(``import_path: atoll.serve.app:app_builder``, ``args: {run_uri, spec}``); ``serve_config``
+writes that config file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from atoll.serve.ingress import IngressOptions
+from atoll.serve.runinfo import RunSource, deployment_name, run_facts
+from atoll.serve.schema import Limits
+from atoll.spec.models import DeploymentSpec, ServeSpec
+
+ROUTER_NAME = "Router"
+INGRESS_NAME = "Ingress"
+
+
+def deployment_options(d: DeploymentSpec) -> dict:
+    """``.options(...)`` of a model deployment from its spec (``num_replicas: auto`` -> autoscaling)."""
+    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+                            "max_ongoing_requests": max(4 * d.max_batch_size, 16)}
+    if d.num_replicas == "auto":
+        opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+                                      "target_ongoing_requests": max(2, d.max_batch_size)}
+    else:
+        opts["num_replicas"] = d.num_replicas
+    return opts
+
+
+def resolve_target(target: Any, serve_spec: ServeSpec | None = None, s3=None) -> tuple[RunSource, ServeSpec]:
+    """A ``JobSpec``, a job YAML path, or a run URI -> ``(RunSource, ServeSpec)``.
+
+    A bare run URI uses the ``serve`` section of the run's own ``job.json`` when it has one.
+    """
+    from atoll.pipeline import open_run, s3_config
+    from atoll.spec import load
+    from atoll.spec.models import JobSpec
+
+    if isinstance(target, (str, Path)) and str(target).endswith((".yaml", ".yml")) and Path(target).is_file():
+        target = load(target)
+    if isinstance(target, JobSpec):
+        cfg = s3 or s3_config(target)
+        return RunSource(open_run(target).uri, cfg), serve_spec or target.spec.serve
+    source = RunSource(str(target), s3)
+    if serve_spec is None:
+        store = source.open()
+        doc = (store.get_json("job.json") if store.exists("job.json") else {}).get("spec", {})
+        body = (doc.get("spec") or {}).get("serve")
+        serve_spec = ServeSpec.model_validate(body) if body else ServeSpec()
+    return source, serve_spec
+
+
+def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
+              options: IngressOptions | None = None):
+    """The Serve ``Application`` for a trained run (``target``: JobSpec, job YAML or run URI).
+
+    Reads only small JSON files from the store here (``RunNotFound`` if the run is incomplete);
+    the replicas load the weights.
+    """
+    from ray import serve
+
+    from atoll.serve.deployments import ExpertModel, RouterModel
+    from atoll.serve.ingress import make_ingress
+
+    source, spec = resolve_target(target, serve_spec, s3)
+    facts = run_facts(source.open())
+    r, e = spec.router, spec.experts
+    router = serve.deployment(RouterModel, name=ROUTER_NAME, **deployment_options(r)).bind(
+        source, facts.num_experts, r.max_batch_size, r.batch_wait_timeout_s)
+    experts = [serve.deployment(ExpertModel, name=deployment_name(k), **deployment_options(e)).bind(
+        source, k, e.max_batch_size, e.batch_wait_timeout_s) for k in range(facts.num_experts)]
+    ingress = serve.deployment(make_ingress(), name=INGRESS_NAME, max_ongoing_requests=256,
+                               ray_actor_options={"num_cpus": 0.1})
+    limits = Limits(spec.max_samples, spec.max_steps, min(spec.default_steps, spec.max_steps))
+    return ingress.bind(source, router, experts, limits, options or IngressOptions())
+
+
+def app_builder(args: dict) -> Any:
+    """Entry point for ``serve run atoll.serve.app:app_builder run_uri=... spec=...`` and Serve config files.
+
+    ``args``: ``run_uri`` (the run to serve) and/or ``spec`` (a job YAML: its ``serve`` section and,
+    without ``run_uri``, its run). One of them is required.
+    """
+    from atoll.spec import load
+
+    args = dict(args or {})
+    unknown = sorted(set(args) - {"run_uri", "spec"})
+    if unknown:
+        raise ValueError(f"app_builder got unknown args {unknown}; it takes run_uri and spec")
+    run_uri, spec_path = args.get("run_uri"), args.get("spec")
+    if not run_uri and not spec_path:
+        raise ValueError("app_builder needs args.run_uri (the run to serve) or args.spec (a job YAML)")
+    if spec_path and not run_uri:
+        return build_app(str(spec_path))
+    if spec_path:
+        from atoll.pipeline import s3_config
+
+        job = load(spec_path)
+        return build_app(str(run_uri), serve_spec=job.spec.serve, s3=s3_config(job))
+    return build_app(str(run_uri))
+
+
+def serve_config(run_uri: str | None, spec_path: str | None, spec: ServeSpec, num_experts: int,
+                 name: str = "atoll") -> dict:
+    """A Serve config file (``serve deploy`` / RayService ``serveConfigV2``) for this app."""
+    deps = [dict(name=ROUTER_NAME, **_config_options(spec.router))]
+    deps += [dict(name=deployment_name(k), **_config_options(spec.experts)) for k in range(num_experts)]
+    args = {k: v for k, v in {"run_uri": run_uri, "spec": spec_path}.items() if v}
+    return {"http_options": {"host": spec.host, "port": spec.port},
+            "applications": [{"name": name, "import_path": "atoll.serve.app:app_builder",
+                              "route_prefix": spec.route_prefix, "args": args, "deployments": deps}]}
+
+
+def _config_options(d: DeploymentSpec) -> dict:
+    opts = deployment_options(d)
+    if d.num_replicas == "auto":
+        opts["num_replicas"] = "auto"
+    return opts

@@ -1,0 +1,63 @@
+"""What the ingress needs to know about a run, read from the store without loading any weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atoll.sampling.runs import checkpoint_prefix, inspect_run, open_run_uri, require_checkpoint
+from atoll.serve.schema import RunFacts
+from atoll.store import S3Config, Store
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """Where the run is: a run URI or job YAML, plus S3 settings (picklable; every replica opens it itself)."""
+
+    uri: str
+    s3: S3Config | None = None
+
+    def open(self) -> Store:
+        return open_run_uri(self.uri, self.s3)
+
+
+def expert_name(k: int) -> str:
+    return f"expert-{k:03d}"
+
+
+def deployment_name(k: int) -> str:
+    """The Serve deployment of expert ``k`` (the Helm chart and Serve config use the same names)."""
+    return f"Expert-{k:03d}"
+
+
+def run_facts(store: Store) -> RunFacts:
+    """Experts, classes and the image shape (from expert 0's ``config.json``). ``RunNotFound`` if not a run."""
+    from atoll.models.checkpoint import load_config
+
+    info = inspect_run(store)
+    for k in range(info.num_experts):
+        require_checkpoint(store, k, info.num_experts)
+    if info.num_experts > 1:
+        require_checkpoint(store, None, info.num_experts)
+    cfg = load_config(store, checkpoint_prefix(0))["config"]
+    size, chans = int(cfg["input_size"]), int(cfg["in_channels"])
+    num_classes = int(cfg.get("num_classes") or 0)
+    names = info.class_names or [str(i) for i in range(num_classes)]
+    return RunFacts(num_experts=info.num_experts, num_classes=num_classes, class_names=tuple(names),
+                    image_shape=(chans, size, size), text_conditioned=cfg.get("text_dim") is not None)
+
+
+def experts_summary(store: Store, facts: RunFacts) -> list[dict]:
+    """Per expert: name, deployment, partition size and top labels (when the run has a partition manifest)."""
+    part = store.manifest("partition") or {}
+    sizes = part.get("cluster_sizes") or []
+    hist = (part.get("agreement") or {}).get("label_histogram") or []
+    out = []
+    for k in range(facts.num_experts):
+        row = {"id": k, "name": expert_name(k), "deployment": deployment_name(k),
+               "partition_size": sizes[k] if k < len(sizes) else None, "top_labels": []}
+        if k < len(hist) and sum(hist[k]):
+            h, total = hist[k], sum(hist[k])
+            order = sorted(range(len(h)), key=lambda i: -h[i])[:3]
+            row["top_labels"] = [{"class": facts.class_names[i] if i < len(facts.class_names) else str(i),
+                                  "fraction": round(h[i] / total, 4)} for i in order if h[i]]
+        out.append(row)
+    return out
