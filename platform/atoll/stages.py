@@ -35,9 +35,14 @@ def _train(job: JobSpec, run: Store, s3: S3Config | None, units) -> dict:
 
 
 def experts(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
-    from atoll.islands.plan import expert_units
+    """Trains every expert; the router (which needs only the partition) trains
+    alongside them as one more island, so all islands start in one wave."""
+    from atoll.islands.plan import expert_units, router_unit
 
-    info = _train(job, run, s3, expert_units(job))
+    units = expert_units(job)
+    if job.spec.experts.mode != "monolith" and job.spec.islands.target == "local":
+        units = units + [router_unit()]
+    info = _train(job, run, s3, units)
     rows = [run.manifest(u.prefix) for u in expert_units(job)]
     t = Table(title="experts")
     for c in ("expert", "samples", "steps", "final loss", "samples/s", "train PFLOP"):

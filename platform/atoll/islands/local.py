@@ -46,16 +46,25 @@ def _fit_island(cfg: dict, scaling, name: str, max_failures: int) -> str:
     return name
 
 
-def capacity(job: JobSpec, unit: Unit, resources: dict) -> int:
-    """How many islands like ``unit`` fit on the cluster at once."""
+def demand(job: JobSpec, unit: Unit) -> dict[str, float]:
+    """The CPUs/GPUs one island's worker group holds while it trains."""
     sc = scaling_of(job, unit)
-    fits = [int(resources.get("CPU", 1) // (sc.cpus_per_worker * sc.num_workers))]
+    d = {"CPU": sc.cpus_per_worker * sc.num_workers}
     if sc.use_gpu:
-        fits.append(int(resources.get("GPU", 0) // ((sc.gpus_per_worker or 1) * sc.num_workers)))
-    n = max(1, min(fits))
-    if job.spec.islands.max_concurrent:
-        n = min(n, job.spec.islands.max_concurrent)
-    return n
+        d["GPU"] = (sc.gpus_per_worker or 1) * sc.num_workers
+    return d
+
+
+def fits(need: dict[str, float], free: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def check_fits_at_all(job: JobSpec, units: list[Unit], total: dict[str, float]) -> None:
+    for u in units:
+        need = demand(job, u)
+        if not fits(need, total):
+            raise IslandsFailed({u.name: f"needs {need} but the Ray cluster has {total}; lower "
+                                         "scaling.numWorkers / cpusPerWorker or add resources"})
 
 
 def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], poll_s: float = 1.0) -> Outcome:
@@ -73,14 +82,20 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
             todo.append(u)
     if not todo:
         return out
-    limit = capacity(job, todo[0], local_ray.cluster_resources())
+    total = {k: float(v) for k, v in local_ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    check_fits_at_all(job, todo, total)
+    free = dict(total)
+    limit = job.spec.islands.max_concurrent or len(todo)
     states = {u.name: "queued" for u in todo}
     pending: dict[object, Unit] = {}
     queue = list(todo)
     with Display(run, todo) as display:
         while queue or pending:
-            while queue and len(pending) < limit:
+            # start queued islands, in order, while their worker groups fit
+            while queue and len(pending) < limit and fits(demand(job, queue[0]), free):
                 u = queue.pop(0)
+                for k, v in demand(job, u).items():
+                    free[k] -= v
                 cfg = loop_config(job, u, run, s3)
                 name = f"{job.name}-{u.name}-{uuid.uuid4().hex[:6]}"
                 ref = local_ray.launch(_fit_island, cfg, scaling_of(job, u), name, job.spec.islands.max_retries,
@@ -90,6 +105,8 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
             ready, _ = local_ray.wait(list(pending), timeout=poll_s)
             for ref in ready:
                 u = pending.pop(ref)
+                for k, v in demand(job, u).items():
+                    free[k] += v
                 try:
                     local_ray.get(ref)
                     ok = is_done(run, u)
@@ -113,4 +130,4 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: " + " / ".join(tail)[:600]
 
 
-__all__ = ["IslandsFailed", "Outcome", "capacity", "run_units"]
+__all__ = ["IslandsFailed", "Outcome", "demand", "run_units"]
