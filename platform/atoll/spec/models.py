@@ -207,6 +207,8 @@ class ExpertsSpec(Base):
     recipe: str | None = Field(None, description="An experts/*.yaml recipe (name or path); its keys are defaults for this section.")
     model: str = Field("DiT-XS/2", description="A named DiT size, e.g. DiT-XS/2, DiT-S/2, DiT-B/2.")
     conditioning: Literal["class", "text", "none"] = "class"
+    text_mode: Literal["pooled", "cross"] = Field(
+        "pooled", description="text conditioning: pooled MiniLM states added to the adaLN vector, or cross-attention.")
     mode: Literal["ensemble", "monolith"] = Field(
         "ensemble", description="monolith: one model on all data with k times the batch, for FLOP-matched comparison.")
     training: TrainingSpec = Field(default_factory=TrainingSpec)

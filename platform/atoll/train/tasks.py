@@ -93,14 +93,28 @@ class ExpertTask(Task):
         self.labels = torch.from_numpy(np.asarray(arr.labels, dtype=np.int64))
         data = run.manifest("data") or {}
         self.num_classes = int(data.get("num_classes") or (int(self.labels.max()) + 1 if len(self.labels) else 0))
+        if self.job.spec.experts.conditioning == "text":
+            self._load_text(arr.captions)
+
+    def _load_text(self, captions) -> None:
+        """Encodes the distinct captions once; a batch indexes into the table."""
+        from atoll.models.text import TextEncoder
+
+        if not captions or not any(captions):
+            raise ValueError(f"{self.name}: experts.conditioning is 'text' but the data has no captions; use "
+                             "conditioning: class, or a source with captions (image-folder with .txt files)")
+        states, mask, index = TextEncoder().encode_unique(list(captions))
+        self.text_states, self.text_mask, self.labels = states, mask, index  # labels now index the table
 
     def model_config(self):
         from atoll.models.dit import DiTConfig
 
         _, c, h, _ = self.images.shape
-        cond = self.job.spec.experts.conditioning
-        return DiTConfig(size=self.job.spec.experts.model, input_size=h, in_channels=c,
-                         num_classes=self.num_classes if cond == "class" else 0)
+        ex = self.job.spec.experts
+        text = ex.conditioning == "text"
+        return DiTConfig(size=ex.model, input_size=h, in_channels=c,
+                         num_classes=self.num_classes if ex.conditioning == "class" else 0,
+                         text_dim=384 if text else None, text_mode=ex.text_mode)
 
     def build_model(self) -> torch.nn.Module:
         return self.model_config().build()
@@ -110,15 +124,18 @@ class ExpertTask(Task):
 
         x0, y = batch.x0, batch.y
         n = x0.shape[0]
-        if self.job.spec.experts.conditioning == "class":
-            drop = torch.rand(n, generator=gen) < self.training.class_dropout
-            y = torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
-        else:
-            y = None
+        cond = self.job.spec.experts.conditioning
+        drop = (torch.rand(n, generator=gen) < self.training.class_dropout).to(y.device)
+        kw = {}
+        if cond == "class":  # dropped labels become the null class (classifier-free guidance)
+            kw["y"] = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        elif cond == "text":  # dropped captions get an all-False mask: the null text
+            kw["text"] = self.text_states[y].to(x0.device, dtype)
+            kw["text_mask"] = self.text_mask[y].to(x0.device) & ~drop[:, None]
         t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        v = model(x_t.to(dtype), t.to(dtype), y=y)
+        v = model(x_t.to(dtype), t.to(dtype), **kw)
         return F.mse_loss(v.float(), eps - x0)
 
 
