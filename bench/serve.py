@@ -84,6 +84,9 @@ def main() -> None:
 
     job, run = save_tiny_run(root, "bench", 2, size=args.model, image=args.image,
                              serve=_serve_yaml(8, args.batch_wait))
+    import torch
+
+    torch.set_num_threads(1)  # what a replica gets (Ray sets OMP_NUM_THREADS from numCpus 0.5 -> 1)
     ens = Ensemble.from_pretrained(run.uri)
     ens.sample(1, class_labels=1, steps=2)  # warm-up
     local = []
@@ -113,7 +116,7 @@ def main() -> None:
     on16 = next(r for b, c, r in rows if b == "on" and c == 16)
     off16 = next(r for b, c, r in rows if b == "off" and c == 16)
     lines = [f"Model {args.model} at {args.image}x{args.image}, K=2, strategy {args.strategy}, "
-             f"{args.steps} Euler steps, n=1 per request; batching on: maxBatchSize 8, "
+             f"{args.steps} Euler steps, n=1 per request, 1 torch thread per process; batching on: maxBatchSize 8, "
              f"batchWaitTimeoutS {args.batch_wait}.", "",
              "| batching | concurrency | requests | errors | p50 s | p95 s | images/s |",
              "|---|---|---|---|---|---|---|"]

@@ -99,6 +99,10 @@ def make_ingress():
                     self._running = await asyncio.to_thread(running_replicas, self.options.app_name)
                     self.health.set_status_down({k for k in range(self.facts.num_experts)
                                                  if self._running.get(deployment_name(k), 1) == 0})
+                except RuntimeError as e:  # the replica is shutting down
+                    if "shutdown" in str(e):
+                        return
+                    log.warning("serve.status() failed: %s", e)
                 except Exception:  # the controller may be busy; keep the last state
                     log.warning("serve.status() failed", exc_info=True)
                 await asyncio.sleep(self.options.health_poll_s)
