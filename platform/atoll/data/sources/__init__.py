@@ -27,8 +27,13 @@ def open_source(data, s3=None) -> Source:
 
         return WebDatasetShards(list(src.urls), size, s3)
     if src.type == "moving-clips":
-        raise NotImplementedError("data.source.type 'moving-clips' is not implemented yet in atoll.data; "
-                                  "use fashion-mnist, digits, image-folder or webdataset")
+        from atoll.data.errors import DataError
+        from atoll.data.sources.moving_clips import MovingClips
+
+        if size is not None and size != src.size:
+            raise DataError(f"data.imageSize {size} does not apply to moving-clips (frames are tiled "
+                             f"vertically); set data.source.size instead (now {src.size})")
+        return MovingClips(src.images, src.path, src.num_clips, src.frames, src.size, src.objects, src.seed)
     raise NotImplementedError(f"data.source.type {src.type!r} has no reader in atoll.data.sources")
 
 
