@@ -32,17 +32,18 @@ def _labels(ens: Ensemble, class_: str | None, n: int) -> torch.Tensor | None:
 
 def sample_command(run: str, *, strategy: str, class_: str | None, n: int, steps: int, sampler: str,
                    guidance: float, seed: int, output: Path, nrow: int | None, trace: Path | None,
-                   device: str) -> None:
+                   device: str, prompt: str | None = None) -> None:
     try:
         _sample(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
-                seed=seed, output=output, nrow=nrow, trace=trace, device=device)
+                seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt)
     except (SamplingError, StoreError, FileNotFoundError) as e:
         console().print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
 
 
 def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, sampler: str, guidance: float,
-            seed: int, output: Path, nrow: int | None, trace: Path | None, device: str) -> None:
+            seed: int, output: Path, nrow: int | None, trace: Path | None, device: str,
+            prompt: str | None = None) -> None:
     if n < 1:
         raise SamplingError(f"-n must be >= 1, got {n}")
     if nrow is not None and nrow < 1:
@@ -53,13 +54,18 @@ def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, 
         raise SamplingError(f"--device {device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
     ens = Ensemble.from_pretrained(run, device=device)
     ens.check_strategy(strategy)
-    labels = _labels(ens, class_, n)
+    if prompt is not None and class_ is not None:
+        raise SamplingError("pass --prompt or --class, not both")
+    if ens.is_text and prompt is None:
+        raise SamplingError("this run is text-conditioned: pass --prompt 'a photo of a sneaker'")
+    labels = None if prompt is not None else _labels(ens, class_, n)
     console().print(f"run {ens.source}: {ens.num_experts} expert(s), strategy {strategy}, {n} image(s), "
                     f"{steps} {sampler} steps, guidance {guidance}, seed {seed}")
     batch = 64
     with task("sampling", total=steps * math.ceil(n / batch)) as bar:
         res = ens.sample(n, class_labels=labels, strategy=strategy, steps=steps, sampler=sampler, guidance=guidance,
-                         seed=seed, return_trace=trace is not None, batch_size=batch, progress=bar.advance)
+                         seed=seed, return_trace=trace is not None, batch_size=batch, progress=bar.advance,
+                         prompts=prompt)
     scale = default_scale(ens.image_shape[1])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(grid_png(res.images, nrow or max(1, math.ceil(math.sqrt(n))), scale=scale))

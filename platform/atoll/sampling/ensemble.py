@@ -12,6 +12,8 @@ Per model evaluation (the pieces are public so the Serve deployments reuse them)
 then one sampler step (Euler or Heun, ``atoll.models.samplers``).
 
 Shapes: ``x_t [B, C, H, W]`` float, ``t [B]`` in [0, 1], ``y [B]`` long class labels or None.
+Text-conditioned experts take ``text = (states [B, L, 384], mask [B, L])`` instead of ``y``
+(prompts encoded once by MiniLM; the null text, an all-False mask, is the CFG baseline).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class Ensemble:
         self.source = source
         self._rows = [0] * len(self.experts)
         self._router_rows = 0
+        self._text_encoder = None
 
     # -- loading ---------------------------------------------------------------
     @classmethod
@@ -93,6 +96,22 @@ class Ensemble:
     def num_classes(self) -> int:
         """0 for unconditional experts; class ``num_classes`` is the null class."""
         return int(self.experts[0].config.num_classes)
+
+    @property
+    def is_text(self) -> bool:
+        """True when the experts are conditioned on text (prompts) rather than classes."""
+        return getattr(self.experts[0].config, "text_dim", None) is not None
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MiniLM token states ``[N, L, 384]`` and mask ``[N, L]`` (the encoder loads once)."""
+        if not self.is_text:
+            raise SamplingError("this run is not text-conditioned; pass a class instead of a prompt")
+        if self._text_encoder is None:
+            from atoll.models.text import TextEncoder
+
+            self._text_encoder = TextEncoder(device=str(self.device))
+        states, mask = self._text_encoder.encode([str(p) for p in prompts])
+        return states.to(self.device), mask.to(self.device)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -144,15 +163,18 @@ class Ensemble:
 
     @torch.no_grad()
     def expert_velocity(self, k: int, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                        guidance: float = 1.0) -> torch.Tensor:
-        """Expert ``k``'s velocity ``[B, C, H, W]``; with ``y`` and ``guidance != 1`` one batched pass
-        of ``[cond; null]`` rows and ``v_u + g (v_c - v_u)``."""
-        self._rows[k] += x.shape[0] if y is None or guidance == 1.0 else 2 * x.shape[0]
-        return expert_forward(self.experts[k], x, t, y, guidance, self.num_classes)
+                        guidance: float = 1.0, text: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+        """Expert ``k``'s velocity ``[B, C, H, W]``; with ``y`` (or ``text``) and ``guidance != 1`` one
+        batched pass of ``[cond; null]`` rows and ``v_u + g (v_c - v_u)``."""
+        cond = y is not None or text is not None
+        self._rows[k] += 2 * x.shape[0] if cond and guidance != 1.0 else x.shape[0]
+        return expert_forward(self.experts[k], x, t, y, guidance, self.num_classes, text=text)
 
     @torch.no_grad()
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0,
-                 strategy: str = "top1") -> tuple[torch.Tensor, TraceStep]:
+                 strategy: str = "top1", text: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, TraceStep]:
         """The ensemble velocity ``[B, C, H, W]`` and what was used (``TraceStep``).
 
         Each expert runs once, on the rows that selected it; its output is added with the
@@ -161,7 +183,8 @@ class Ensemble:
         probs = self.route(x_t, t)
         idx, w = self.select(probs, strategy)
         groups = group_rows(idx, self.num_experts)
-        outs = [self.expert_velocity(k, x_t[rows], t[rows], None if y is None else y[rows], guidance)
+        outs = [self.expert_velocity(k, x_t[rows], t[rows], None if y is None else y[rows], guidance,
+                                     None if text is None else (text[0][rows], text[1][rows]))
                 for k, rows, _ in groups]
         return combine(x_t, w, groups, outs), TraceStep(t=t.detach(), probs=probs, indices=idx, weights=w)
 
@@ -199,14 +222,29 @@ class Ensemble:
                steps: int = 32, sampler: str = "euler", guidance: float = 1.0, seed: int = 0,
                class_labels: int | Sequence[int] | torch.Tensor | None = None, return_trace: bool = False,
                output: str = "uint8", batch_size: int = 64, start_index: int = 0,
-               progress: Callable[[int], None] | None = None) -> SampleResult:
+               progress: Callable[[int], None] | None = None,
+               prompts: str | Sequence[str] | None = None) -> SampleResult:
         """Draws ``n`` images (or one per label when ``n`` is a list of labels).
 
         ``class_labels``: one class for all, or one per sample; None = unconditional (null class).
         Sample ``i`` starts from noise seeded by ``(seed, start_index + i)`` only, so results do
         not depend on ``batch_size``. ``output``: ``"uint8"`` ``[N, C, H, W]`` in [0, 255] or
         ``"float"`` in [-1, 1]. ``progress(k)`` is called after every sampler step of a batch.
+        ``prompts`` (text-conditioned runs): one prompt for all samples, or one per sample.
         """
+        text = None
+        if prompts is not None:
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+            if class_labels is not None or (n is not None and not isinstance(n, int)):
+                raise SamplingError("pass either prompts or class labels, not both")
+            n = n if n is not None else len(prompts)
+            if len(prompts) == 1:
+                prompts = prompts * n
+            if len(prompts) != n:
+                raise SamplingError(f"got {len(prompts)} prompts for n={n}; pass one prompt or n prompts")
+            text = self.encode_prompts(prompts)
+        elif self.is_text and (class_labels is not None or (n is not None and not isinstance(n, int))):
+            raise SamplingError("this run is text-conditioned: pass prompts (e.g. --prompt 'a sneaker'), not classes")
         count, labels = self._labels(n, class_labels)
         self.check_strategy(strategy)
         if sampler not in SAMPLERS:
@@ -226,7 +264,8 @@ class Ensemble:
             hi = min(count, lo + batch_size)
             x = initial_noise(self.image_shape, seed, range(start_index + lo, start_index + hi)).to(self.device)
             y = None if labels is None else labels[lo:hi]
-            x, tr = self._integrate(x, y, strategy, steps, sampler, guidance, return_trace, progress)
+            tx = None if text is None else (text[0][lo:hi], text[1][lo:hi])
+            x, tr = self._integrate(x, y, strategy, steps, sampler, guidance, return_trace, progress, tx)
             outs.append(x.float().cpu())
             if tr is not None:
                 traces.append(tr)
@@ -237,20 +276,21 @@ class Ensemble:
                             sampler=sampler, guidance=guidance, seed=seed, wall_s=wall,
                             gflops_per_image=self.gflops_per_image(strategy, steps=steps, sampler=sampler,
                                                                    guidance=guidance,
-                                                                   conditional=labels is not None),
+                                                                   conditional=labels is not None
+                                                                   or text is not None),
                             trace=Trace.cat(traces) if traces else None, expert_rows=list(self._rows),
                             router_rows=self._router_rows)
 
     def _integrate(self, x: torch.Tensor, y: torch.Tensor | None, strategy: str, steps: int, sampler: str,
-                   guidance: float, record: bool, progress: Callable[[int], None] | None
-                   ) -> tuple[torch.Tensor, Trace | None]:
+                   guidance: float, record: bool, progress: Callable[[int], None] | None,
+                   text: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, Trace | None]:
         """Runs the sampler from ``x`` (noise at t = 1) to t = 0; returns ``(x_0, trace or None)``."""
         s = make_sampler(sampler)
         s.set_timesteps(steps)
         recorded: list[TraceStep] = []
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v, step = self.velocity(x_t, t, y, guidance, strategy)
+            v, step = self.velocity(x_t, t, y, guidance, strategy, text)
             if record:
                 recorded.append(step)
             return v
@@ -273,12 +313,23 @@ def route_probs(router: nn.Module | None, x_t: torch.Tensor, t: torch.Tensor) ->
 
 @torch.no_grad()
 def expert_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                   guidance: float | torch.Tensor, num_classes: int) -> torch.Tensor:
-    """One expert's velocity; with ``y`` and ``guidance != 1`` one pass of ``[cond; null]`` rows, CFG-combined.
+                   guidance: float | torch.Tensor, num_classes: int,
+                   text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One expert's velocity; with ``y`` (or ``text``) and ``guidance != 1`` one pass of ``[cond; null]``
+    rows, CFG-combined.
 
     ``guidance``: a float, or a ``[B]`` tensor (one scale per row, always CFG: batched serving requests).
+    ``text``: ``(states [B, L, D], mask [B, L])`` for text-conditioned experts (null = all-False mask).
     """
     per_row = isinstance(guidance, torch.Tensor)
+    if text is not None:
+        states, mask = text
+        if not per_row and guidance == 1.0:
+            return model(x, t, text=states, text_mask=mask)
+        v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), text=torch.cat([states, states]),
+                         text_mask=torch.cat([mask, torch.zeros_like(mask)])).chunk(2)
+        g = guidance.to(v_c.dtype).view(-1, *([1] * (v_c.dim() - 1))) if per_row else guidance
+        return v_u + g * (v_c - v_u)
     if y is None or (not per_row and guidance == 1.0):
         return model(x, t, y=y)
     null = torch.full_like(y, num_classes)
