@@ -100,10 +100,17 @@ def test_serving_only(helm):
     app = config["applications"][0]
     assert app["import_path"] == "atoll.serve.app:app_builder"
     assert app["args"] == {"run_uri": "s3://atoll-runs/prod/fmnist-k4", "spec": "/etc/atoll/job.yaml"}
+    assert [d["name"] for d in app["deployments"]] == ["Router", "Expert-000", "Expert-001", "Expert-002",
+                                                        "Expert-003"]
     deps = {d["name"]: d for d in app["deployments"]}
     assert deps["Router"]["num_replicas"] == 1 and deps["Router"]["ray_actor_options"]["num_gpus"] == 0.25
-    assert deps["Expert"]["num_replicas"] == "auto"
-    assert deps["Expert"]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3}
+    for name in ("Expert-000", "Expert-001", "Expert-003"):
+        assert deps[name]["num_replicas"] == "auto"
+        assert deps[name]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}
+        assert deps[name]["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    # the per-expert override of expert 2: fixed replicas, more CPUs, the shared GPUs
+    assert deps["Expert-002"]["num_replicas"] == 2 and "autoscaling_config" not in deps["Expert-002"]
+    assert deps["Expert-002"]["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
     assert svc["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     group = workers_of(svc)
     assert (group["minReplicas"], group["maxReplicas"]) == (5, 13)
@@ -115,6 +122,12 @@ BAD = [
     (["--set", "training.islands[0].name=a,training.islands[0].experts[0]=0,training.islands[0].gpus=-2"],
      "/training/islands/0/gpus"),
     (["--set", "serve.gpus=-1"], "/serve/gpus"),
+    (["--set", "serve.enabled=true,store.uri=s3://b,jobSpec.a=1"], "serve.numExperts is required"),
+    (["--set", "serve.enabled=true,store.uri=s3://b,jobSpec.a=1,serve.numExperts=2,"
+      "serve.experts.overrides.2.numReplicas=3"], "serve.experts.overrides has expert 2, but serve.numExperts is 2"),
+    (["--set", "serve.experts.overrides.first.numReplicas=3"], "does not match pattern"),
+    (["--set", "serve.experts.overrides.0.deploymentNameFormat=x"], "additional properties 'deploymentNameFormat'"),
+    (["--set", "serve.experts.deploymentName=Expert"], "additional properties 'deploymentName' not allowed"),
     (["--set", "training.islands[0].name=a"], "missing property 'experts'"),
     (["--set", "training.islands[0].name=Bad_Name,training.islands[0].experts[0]=0"], "/training/islands/0/name"),
     (["--set", "store.uri=s3://b,jobSpec.a=1,training.islands[0].name=router,training.islands[0].experts[0]=0"],

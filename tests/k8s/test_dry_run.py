@@ -67,3 +67,42 @@ def test_serving_values_render_a_valid_rayservice(helm, tmp_path):
     assert [p for d in docs for p in validate(d)] == []
     group = docs[1]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (group["minReplicas"], group["maxReplicas"]) == (1 + 4 * 1, 1 + 4 * 3)   # one pod per replica
+
+
+SERVE_SPECS = {
+    "k4-autoscaled-experts": k8s_specs.serving,
+    "k1": k8s_specs.one_island,
+    "monolith": lambda: k8s_specs.job(partition={"k": 3, "fineClusters": 32},
+                                      experts={"model": "DiT-XS/2", "mode": "monolith"}),
+    "k6-batching-and-prefix": lambda: k8s_specs.job(
+        partition={"k": 6, "fineClusters": 32},
+        serve={"routePrefix": "/atoll", "router": {"numReplicas": "auto", "maxReplicas": 2, "maxBatchSize": 32},
+               "experts": {"numReplicas": 2, "numCpus": 0.5, "maxBatchSize": 2}}),
+}
+
+
+@pytest.mark.parametrize("name", SERVE_SPECS)
+def test_rayservice_deployments_equal_the_serve_config(helm, tmp_path, name):
+    """One source of truth for serving: the chart's serveConfigV2 has the application and deployments
+    (names, replicas, autoscaling, actor options) that `atoll serve JOB --config-out` writes for the spec."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from atoll.serve.app import serve_config          # what `atoll serve --config-out` writes (imports, never starts, Ray)
+
+    job = SERVE_SPECS[name]()
+    expected = serve_config(None, "/etc/atoll/job.yaml", job.spec.serve, job.spec.num_experts)["applications"]
+    out = helm("template", job.name, str(CHART), values=chart_values(job, training=False, serving=True), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    svc = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "RayService")
+    assert validate(svc) == []
+    config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    ServeDeploySchema.parse_obj(config)                # Ray Serve's own schema of a config file (types, auto)
+    rendered = config["applications"]
+    assert [a["name"] for a in rendered] == [a["name"] for a in expected]
+    for got, want in zip(rendered, expected):
+        assert [d["name"] for d in got["deployments"]] == [d["name"] for d in want["deployments"]]
+        assert got["deployments"] == want["deployments"]
+        assert (got["import_path"], got["route_prefix"]) == (want["import_path"], want["route_prefix"])
+        assert got["args"]["spec"] == want["args"]["spec"]
+    names = [d["name"] for d in rendered[0]["deployments"]]
+    assert names == ["Router"] + [f"Expert-{k:03d}" for k in range(job.spec.num_experts)]

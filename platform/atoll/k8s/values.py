@@ -100,9 +100,17 @@ def _check_names(run: str, islands: list[Island]) -> None:
             raise KubernetesError(f"island name {i.name!r} is reserved (it names the {i.name} objects); rename it")
 
 
-def _deployment(d: DeploymentSpec, name: str) -> dict:
-    return {"deploymentName": name, "numReplicas": d.num_replicas, "minReplicas": d.min_replicas,
-            "maxReplicas": d.max_replicas, "numCpus": d.num_cpus, "numGpus": d.num_gpus}
+def _deployment(d: DeploymentSpec) -> dict:
+    """Chart values of a Serve deployment (``serve.router`` / ``serve.experts``) from ``spec.serve``.
+
+    ``maxOngoingRequests`` / ``targetOngoingRequests`` follow ``atoll.serve.app.deployment_options``
+    (not imported: it imports Ray); tests/k8s checks the rendered Serve config equals ``serve_config``'s.
+    The deployment names are the chart's defaults (``Router``, ``Expert-%03d``), checked the same way.
+    """
+    return {"numReplicas": d.num_replicas, "minReplicas": d.min_replicas, "maxReplicas": d.max_replicas,
+            "numCpus": d.num_cpus, "numGpus": d.num_gpus,
+            "maxOngoingRequests": max(4 * d.max_batch_size, 16),
+            "targetOngoingRequests": max(2, d.max_batch_size)}
 
 
 def _serve_pods(job: JobSpec) -> tuple[int, int, int]:
@@ -177,8 +185,10 @@ def chart_values(job: JobSpec, *, image: str | None = None, s3_secret: str | Non
     if serving:
         workers, max_workers, gpus = _serve_pods(job)
         values["serve"].update({"workers": workers, "maxWorkers": max_workers, "gpus": gpus,
-                                "router": _deployment(job.spec.serve.router, "Router"),
-                                "experts": _deployment(job.spec.serve.experts, "Expert")})
+                                "routePrefix": job.spec.serve.route_prefix,
+                                "numExperts": job.spec.num_experts,
+                                "router": _deployment(job.spec.serve.router),
+                                "experts": _deployment(job.spec.serve.experts)})
     return values
 
 
