@@ -2,7 +2,7 @@
 
 Layout under ``prefix``::
 
-    config.json         {"kind": "dit" | "router", "config": {...}, **extra}
+    config.json         {"kind": "dit" | "vdit" | "router", "config": {...}, **extra}
     model.safetensors   the EMA weights when an EMA is given, else the model's
     raw.safetensors     the raw (non-EMA) weights, only when an EMA is given
     manifest.json       written last by ``store.commit``: files, sizes, sha256
@@ -23,6 +23,7 @@ from torch import nn
 from atoll.models.dit import DiT, DiTConfig
 from atoll.models.ema import EMA
 from atoll.models.router import Router, RouterConfig
+from atoll.models.video_dit import VideoDiT, VideoDiTConfig
 from atoll.store import MANIFEST, S3Config, Store, StoreError, join, open_store
 from atoll.store.base import sha256_bytes
 
@@ -35,7 +36,9 @@ def _kind(model: nn.Module) -> str:
         return "dit"
     if isinstance(model, Router):
         return "router"
-    raise ValueError(f"save_pretrained takes a DiT or a Router, got {type(model).__name__}")
+    if isinstance(model, VideoDiT):
+        return "vdit"
+    raise ValueError(f"save_pretrained takes a DiT, a VideoDiT or a Router, got {type(model).__name__}")
 
 
 def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -107,8 +110,11 @@ def from_pretrained(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config
         model: nn.Module = DiT(DiTConfig.from_dict(meta["config"]))
     elif kind == "router":
         model = Router(RouterConfig.from_dict(meta["config"]))
+    elif kind == "vdit":
+        model = VideoDiT(VideoDiTConfig.from_dict(meta["config"]))
     else:
-        raise StoreError(f"{store.url(join(prefix, 'config.json'))} has kind {kind!r}; expected 'dit' or 'router'")
+        raise StoreError(f"{store.url(join(prefix, 'config.json'))} has kind {kind!r}; "
+                         "expected 'dit', 'vdit' or 'router'")
     name = f"{weights}.safetensors"
     entry = {f["name"]: f for f in manifest.get("files", [])}.get(name)
     if entry is None:
