@@ -100,7 +100,9 @@ def run(job: JobSpec, *, until: str | None = None, from_stage: str | None = None
     last = STAGES.index(until) if until else len(STAGES) - 1
     for stage in STAGES[: last + 1]:
         t0 = time.time()
-        if is_complete(run_store, job, stage):
+        # the router trains during the experts stage (one wave of islands): report it as done here
+        with_experts = stage == "router" and "router" in (results[-1].info.get("trained", []) if results else [])
+        if is_complete(run_store, job, stage) and not with_experts:
             res = StageResult(stage, "skipped", 0.0)
         else:
             info = runners[stage](job, run_store, s3_config(job)) or {}
