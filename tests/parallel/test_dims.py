@@ -1,0 +1,25 @@
+"""ParallelDims: degrees vs world size, head divisibility, group layout."""
+import pytest
+
+from atoll.parallel.dims import ParallelConfigError, ParallelDims
+
+
+def test_valid_layouts():
+    d = ParallelDims(world_size=4, sp=2)
+    assert d.dp == 2 and d.sp_group_ranks() == [[0, 1], [2, 3]]
+    assert (d.sp_rank(3), d.dp_rank(3)) == (1, 1)
+    assert ParallelDims(4, sp=4).dp == 1 and ParallelDims(1).sp == 1
+    ParallelDims(4, sp=4).check_heads(8)
+
+
+def test_errors_say_what_is_wrong():
+    with pytest.raises(ParallelConfigError, match=r"sp=3 does not divide the world size 4.*\[1, 2, 4\]"):
+        ParallelDims(world_size=4, sp=3)
+    with pytest.raises(ParallelConfigError, match=r"dp=3 x sp=2 = 6 ranks, but the world size is 4"):
+        ParallelDims(world_size=4, sp=2, dp=3)
+    with pytest.raises(ParallelConfigError, match="sp must be an integer >= 1"):
+        ParallelDims(world_size=4, sp=0)
+    with pytest.raises(ParallelConfigError, match=r"N=4 must divide num_heads=6.*\[1, 2, 3, 6\]"):
+        ParallelDims(4, sp=4).check_heads(6)
+    with pytest.raises(ParallelConfigError, match=r"rank 5 is outside the world \[0, 4\)"):
+        ParallelDims(4, sp=2).sp_rank(5)
