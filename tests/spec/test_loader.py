@@ -40,7 +40,8 @@ def test_quickstart_values():
     spec = load(QUICKSTART)
     assert spec.spec.partition.k == 4 and spec.spec.partition.fine_clusters == 1024
     assert spec.spec.data.source.type == "fashion-mnist"
-    assert spec.spec.experts.model == "DiT-XS/2"  # from the dit-xs recipe
+    assert spec.spec.experts.model == "DiT-XXS/4"  # from the dit-xxs4 recipe
+    assert spec.spec.experts.training.lr == 0.003  # recipe value
     assert spec.spec.data.num_samples() == 70000
     assert spec.spec.num_experts == 4
 

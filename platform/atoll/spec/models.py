@@ -203,6 +203,15 @@ class TrainingSpec(Base):
     seed: int = 0
 
 
+def check_batch_split(t: TrainingSpec, scaling: ScalingSpec) -> None:
+    """The global batch must split evenly over workers and accumulation steps."""
+    w = scaling.num_workers
+    if t.batch_size % (w * t.grad_accum):
+        raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by "
+                         f"scaling.numWorkers x training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
+                         f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
+
+
 class ExpertsSpec(Base):
     recipe: str | None = Field(None, description="An experts/*.yaml recipe (name or path); its keys are defaults for this section.")
     model: str = Field("DiT-XS/2", description="A named DiT size, e.g. DiT-XS/2, DiT-S/2, DiT-B/2.")
@@ -216,11 +225,7 @@ class ExpertsSpec(Base):
 
     @model_validator(mode="after")
     def _batch(self):
-        t, w = self.training, self.scaling.num_workers
-        if t.batch_size % (w * t.grad_accum):
-            raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
-                             f"training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
-                             f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
+        check_batch_split(self.training, self.scaling)
         return self
 
 
@@ -232,10 +237,7 @@ class RouterSpec(Base):
 
     @model_validator(mode="after")
     def _batch(self):
-        t, w = self.training, self.scaling.num_workers
-        if t.batch_size % (w * t.grad_accum):
-            raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by scaling.numWorkers x "
-                             f"training.gradAccum ({w} x {t.grad_accum})")
+        check_batch_split(self.training, self.scaling)
         return self
 
 
