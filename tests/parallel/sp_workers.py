@@ -59,6 +59,15 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
                                     "ref_scale": ref.abs().max().item(), "a2a_calls": stats.calls,
                                     "depth": d["depth"], "sent_bytes": stats.sent_bytes,
                                     "formula_bytes": formula})
+        if world == 2:  # the whole sampler: same seed -> the same video as the single-rank sampler
+            from atoll.sampling.video_io import sample_video
+
+            cfg = VideoDiTConfig("VDiT-XS/2", input_size=6, frames=3, in_channels=1, num_classes=4)
+            model = randomize(cfg.build(), seed=7).eval()
+            kw = dict(steps=3, y=torch.tensor([0, 2]), guidance=2.0, seed=11, sampler="heun")
+            ref = sample_video(model, 2, **kw)
+            out = sample_video(model, 2, seq=UlyssesSequence(group, cfg.dims["num_heads"]), **kw)
+            result["sampler_max_abs_err"] = (out - ref).abs().max().item()
         # N must divide the heads: clear error before any communication
         try:
             UlyssesSequence(group, num_heads=6 if world == 4 else 7)
