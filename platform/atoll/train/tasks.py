@@ -45,7 +45,8 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Batch:
     x0: torch.Tensor
-    y: torch.Tensor
+    y: torch.Tensor                      # the training target's labels (classes, captions or clusters)
+    c: torch.Tensor | None = None        # router only: the samples' classes (its conditioning)
 
 
 class Task:
@@ -65,7 +66,9 @@ class Task:
         per = self.training.batch_size // (world * accum)
         lo = (accum_i * world + rank) * per
         sel = idx[lo: lo + per]
-        return Batch(to_unit(self.images[sel]).to(device), self.labels[sel].to(device))
+        classes = getattr(self, "classes", None)
+        return Batch(to_unit(self.images[sel]).to(device), self.labels[sel].to(device),
+                     None if classes is None else classes[sel].to(device))
 
 
 class ExpertTask(Task):
@@ -151,26 +154,36 @@ class RouterTask(Task):
     def load(self, run: Store) -> None:
         from atoll.data.readers import load_arrays
 
-        imgs, labels = [], []
+        imgs, labels, classes = [], [], []
         for k in range(self.job.spec.partition.k):
             arr = load_arrays(run, partition_dir(k))
             imgs.append(torch.from_numpy(np.ascontiguousarray(arr.images)))
             labels.append(torch.full((len(arr.images),), k, dtype=torch.long))
+            classes.append(torch.from_numpy(np.asarray(arr.labels, dtype=np.int64)))
         self.images, self.labels = torch.cat(imgs), torch.cat(labels)
+        self.num_classes = 0
+        if self.job.spec.experts.conditioning == "class":  # route on the class too: p(k | x_t, y)
+            data = run.manifest("data") or {}
+            self.classes = torch.cat(classes)
+            self.num_classes = int(data.get("num_classes") or int(self.classes.max()) + 1)
 
     def model_config(self):
         from atoll.models.router import RouterConfig
 
         _, c, h, _ = self.images.shape
         return RouterConfig(size=self.job.spec.router.model, input_size=h, in_channels=c,
-                            num_experts=self.job.spec.partition.k)
+                            num_experts=self.job.spec.partition.k, num_classes=self.num_classes)
 
     def build_model(self) -> torch.nn.Module:
         return self.model_config().build()
 
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         x_t, t = noised(batch.x0, gen)
-        logits = model(x_t.to(dtype), t.to(dtype))
+        kw = {}
+        if batch.c is not None:  # classes dropped to the null class so unconditional routing works too
+            drop = (torch.rand(len(batch.c), generator=gen) < self.training.class_dropout).to(batch.c.device)
+            kw["y"] = torch.where(drop, torch.full_like(batch.c, self.num_classes), batch.c)
+        logits = model(x_t.to(dtype), t.to(dtype), **kw)
         return F.cross_entropy(logits.float(), batch.y)
 
 
@@ -186,15 +199,21 @@ def noised(x0: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None
 
 @torch.no_grad()
 def router_accuracy(model, task: RouterTask, ts=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0), n: int = 1024,
-                    dtype=torch.float32, device="cpu", seed: int = 1234) -> dict[str, float]:
-    """Router top-1 accuracy against the true cluster at fixed noise levels t."""
+                    dtype=torch.float32, device="cpu", seed: int = 1234, with_class: bool = True) -> dict[str, float]:
+    """Router top-1 accuracy against the true cluster at fixed noise levels t.
+
+    A class-conditional router is given the samples' classes (``with_class``) or the null class.
+    Without the class, accuracy falls to about chance as t -> 1 (pure noise says nothing).
+    """
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(task.images), generator=g)[:n]
     x0, y = to_unit(task.images[idx]).to(device), task.labels[idx].to(device)
+    classes = getattr(task, "classes", None) if with_class else None
+    kw = {} if classes is None else {"y": classes[idx].to(device)}
     out = {}
     for t in ts:
         x_t, tt = noised(x0, g, torch.full((len(idx),), float(t)))
-        pred = model(x_t.to(dtype), tt.to(dtype)).argmax(-1)
+        pred = model(x_t.to(dtype), tt.to(dtype), **kw).argmax(-1)
         out[f"{t:g}"] = float((pred == y).float().mean())
     return out
 
@@ -204,4 +223,8 @@ def make_task(job: JobSpec, role: str, expert: int | None) -> Task:
         return RouterTask(job)
     if expert is None:
         raise ValueError("an expert task needs the expert id")
+    from atoll.train.video_task import VideoExpertTask, is_video_model  # video experts: see video_task.py
+
+    if is_video_model(job.spec.experts.model):
+        return VideoExpertTask(job, expert)
     return ExpertTask(job, expert)
