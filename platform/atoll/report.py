@@ -68,6 +68,11 @@ def build_markdown(job: JobSpec, run: Store) -> tuple[str, list[str]]:
                   f"(chance = {1 / max(1, job.spec.partition.k):.2f}):", "",
                   "| " + " | ".join(f"t={t}" for t in acc) + " |", "|" + "---|" * len(acc),
                   "| " + " | ".join(f"{v:.3f}" for v in acc.values()) + " |", ""]
+        blind = router.get("accuracy_vs_t_no_class")
+        if blind:
+            lines += ["The router also sees the class; given the null class instead:", "",
+                      "| " + " | ".join(f"t={t}" for t in blind) + " |", "|" + "---|" * len(blind),
+                      "| " + " | ".join(f"{v:.3f}" for v in blind.values()) + " |", ""]
         if _copy(run, "router/losses.png", "losses-router.png", pics):
             lines += ["![router loss](losses-router.png)", ""]
 

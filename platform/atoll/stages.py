@@ -64,10 +64,14 @@ def router(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     info = _train(job, run, s3, [router_unit()])
     m = run.manifest("router")
     acc = m.get("accuracy_vs_t", {})
+    blind = m.get("accuracy_vs_t_no_class")
     t = Table(title=f"router accuracy vs t (chance = {1 / job.spec.partition.k:.2f})")
+    t.add_column("router input")
     for k in acc:
         t.add_column(f"t={k}", justify="right")
-    t.add_row(*[f"{v:.3f}" for v in acc.values()])
+    t.add_row("x_t, t, class" if blind else "x_t, t", *[f"{v:.3f}" for v in acc.values()])
+    if blind:
+        t.add_row("x_t, t (null class)", *[f"{v:.3f}" for v in blind.values()])
     console().print(t)
     info["accuracy_vs_t"] = acc
     return info

@@ -18,8 +18,8 @@ def ens(tiny_run):
 
 
 def _fns(ens, fail=()):
-    async def route(x, t):
-        return route_probs(ens.router, x, t)
+    async def route(x, t, y=None):
+        return route_probs(ens.router, x, t, y)
 
     async def expert(k, x, t, y, g):
         if k in fail:

@@ -75,9 +75,11 @@ def test_router_learns_the_partition(ray_local, tiny):
     hist = run.get_json("router/metrics.json")["history"]
     first, last = np.mean([h["loss"] for h in hist[:2]]), np.mean([h["loss"] for h in hist[-2:]])
     assert last < first - 0.05, (first, last)
-    acc = run.manifest("router")["accuracy_vs_t"]
-    assert acc["0"] > 0.7            # clean images: the split by label parity is learnable
-    assert abs(acc["1"] - 0.5) < 0.1  # pure noise: chance
+    m = run.manifest("router")
+    acc, blind = m["accuracy_vs_t"], m["accuracy_vs_t_no_class"]
+    assert acc["0"] > 0.7 and blind["0"] > 0.7  # clean images: the split by label parity is learnable
+    assert abs(blind["1"] - 0.5) < 0.1           # pure noise and no class: chance
+    assert acc["1"] > 0.9                        # pure noise but the class: the parity split is p(k | y)
     assert os.path.getsize(run.local_path("router/losses.png")) > 1000
 
 

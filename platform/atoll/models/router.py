@@ -33,6 +33,7 @@ class RouterConfig:
     in_channels: int
     num_experts: int
     mlp_ratio: float = 4.0
+    num_classes: int = 0  # > 0: the router also sees the class, r(x_t, t, y) = p(k | x_t, y); null = num_classes
 
     def __post_init__(self) -> None:
         if self.size not in ROUTER_SIZES:
@@ -66,7 +67,12 @@ class RouterConfig:
 
 
 class Router(nn.Module):
-    """``forward(x_t, t) -> logits [B, K]``; ``probs(x_t, t)`` gives the softmax."""
+    """``forward(x_t, t, y=None) -> logits [B, K]``; ``probs(x_t, t, y=None)`` gives the softmax.
+
+    A class-conditional router (``num_classes > 0``) adds a class embedding (with a null
+    class, index ``num_classes``, for "no class") to the time embedding: at t -> 1 it
+    learns p(k | y), so a class is routed to the experts that saw it.
+    """
 
     def __init__(self, config: RouterConfig):
         super().__init__()
@@ -75,6 +81,7 @@ class Router(nn.Module):
         D, p = d["hidden_size"], d["patch_size"]
         self.x_embedder = PatchEmbed(config.in_channels, D, p)
         self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = nn.Embedding(config.num_classes + 1, D) if config.num_classes > 0 else None
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, config.input_size // p)[None], persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(D, d["num_heads"], config.mlp_ratio) for _ in range(d["depth"]))
         self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -88,7 +95,7 @@ class Router(nn.Module):
         nn.init.zeros_(self.head_modulation[-1].bias)
         nn.init.normal_(self.head.weight, std=0.02)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if x_t.dim() != 4 or x_t.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"x_t must have shape [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
@@ -100,6 +107,10 @@ class Router(nn.Module):
             raise ValueError(f"t must have shape [{B}] (one time per image), got {list(t.shape)}")
         h = self.x_embedder(x_t) + self.pos_embed.to(x_t.dtype)
         c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            if y is None:
+                y = torch.full((B,), cfg.num_classes, dtype=torch.long, device=x_t.device)
+            c = c + self.y_embedder(y).to(c.dtype)
         for blk in self.blocks:
             h = blk(h, c)
         shift, scale = self.head_modulation(c).chunk(2, dim=1)
@@ -107,6 +118,6 @@ class Router(nn.Module):
         return self.head(pooled)
 
     @torch.no_grad()
-    def probs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``softmax(forward(x_t, t))`` in float32, ``[B, K]``."""
-        return torch.softmax(self.forward(x_t, t).float(), dim=-1)
+    def probs(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``softmax(forward(x_t, t, y))`` in float32, ``[B, K]``."""
+        return torch.softmax(self.forward(x_t, t, y).float(), dim=-1)

@@ -151,11 +151,12 @@ class Ensemble:
 
     # -- one model evaluation ------------------------------------------------
     @torch.no_grad()
-    def route(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Router probabilities ``[B, K]`` float32 (all ones ``[B, 1]`` for a single expert)."""
+    def route(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Router probabilities ``[B, K]`` float32 (all ones ``[B, 1]`` for a single expert);
+        a class-conditional router also sees ``y`` (None: the null class)."""
         if self.num_experts > 1:
             self._router_rows += x_t.shape[0]
-        return route_probs(self.router if self.num_experts > 1 else None, x_t, t)
+        return route_probs(self.router if self.num_experts > 1 else None, x_t, t, y)
 
     def select(self, probs: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices [B, k], weights [B, k])`` for ``strategy`` (see ``strategies.select``)."""
@@ -180,7 +181,7 @@ class Ensemble:
         Each expert runs once, on the rows that selected it; its output is added with the
         row's weight. Experts are visited in index order, so the sum is deterministic.
         """
-        probs = self.route(x_t, t)
+        probs = self.route(x_t, t, y)
         idx, w = self.select(probs, strategy)
         groups = group_rows(idx, self.num_experts)
         outs = [self.expert_velocity(k, x_t[rows], t[rows], None if y is None else y[rows], guidance,
@@ -304,10 +305,14 @@ class Ensemble:
 
 # -- the pieces of one model evaluation, shared with the Serve deployments ------------
 @torch.no_grad()
-def route_probs(router: nn.Module | None, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The router's softmax ``[B, K]`` float32; all ones ``[B, 1]`` without a router (one expert)."""
+def route_probs(router: nn.Module | None, x_t: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+    """The router's softmax ``[B, K]`` float32; all ones ``[B, 1]`` without a router (one expert).
+    ``y`` reaches class-conditional routers only (``config.num_classes > 0``)."""
     if router is None:
         return torch.ones(x_t.shape[0], 1, device=x_t.device)
+    if getattr(router.config, "num_classes", 0) > 0:
+        return torch.softmax(router(x_t, t, y).float(), dim=-1)
     return torch.softmax(router(x_t, t).float(), dim=-1)
 
 

@@ -21,7 +21,7 @@ from atoll.sampling.ensemble import combine, group_rows
 from atoll.sampling.noise import initial_noise
 from atoll.sampling.strategies import select
 
-RouteFn = Callable[[torch.Tensor, torch.Tensor], Awaitable[torch.Tensor]]
+RouteFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Awaitable[torch.Tensor]]
 ExpertFn = Callable[[int, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], Awaitable[torch.Tensor]]
 
 
@@ -77,7 +77,7 @@ async def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, gui
                    route: RouteFn, expert: ExpertFn, health: Health, out: Outcome) -> torch.Tensor:
     """The ensemble velocity of one step, leaving failed experts out (retried at most K times)."""
     t0 = time.perf_counter()
-    probs = await route(x, t)
+    probs = await route(x, t, y)
     out.router_s += time.perf_counter() - t0
     K = probs.shape[1]
     for _ in range(K):

@@ -27,7 +27,7 @@ def _configure(method, max_batch_size: int, batch_wait_timeout_s: float) -> None
 
 
 class RouterModel:
-    """``route(x_t, t) -> probs [B, K]``; no router (one expert) gives ones ``[B, 1]``."""
+    """``route((x_t, t, y)) -> probs [B, K]``; no router (one expert) gives ones ``[B, 1]``."""
 
     def __init__(self, source: RunSource, num_experts: int, max_batch_size: int = 8,
                  batch_wait_timeout_s: float = 0.01):
@@ -35,11 +35,16 @@ class RouterModel:
         _configure(self.route, max_batch_size, batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def route(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    async def route(self, items: list[tuple]) -> list[torch.Tensor]:
         if len(items) == 1:
             return [route_probs(self.router, *items[0])]
-        sizes = [x.shape[0] for x, _ in items]
-        probs = route_probs(self.router, torch.cat([x for x, _ in items]), torch.cat([t for _, t in items]))
+        sizes = [it[0].shape[0] for it in items]
+        x, t = torch.cat([it[0] for it in items]), torch.cat([it[1] for it in items])
+        # the null class stands in for unconditional requests batched with conditional ones
+        null = int(getattr(getattr(self.router, "config", None), "num_classes", 0))
+        y = torch.cat([it[2] if it[2] is not None else torch.full((it[0].shape[0],), null, dtype=torch.long)
+                       for it in items])
+        probs = route_probs(self.router, x, t, y)
         return list(probs.split(sizes))
 
 

@@ -112,8 +112,8 @@ def make_ingress():
                 self._poller = asyncio.get_running_loop().create_task(self._poll())
 
         # -- calls to the model deployments ----------------------------------------
-        async def _route(self, x, t):
-            return await self.router.route.remote((x, t))
+        async def _route(self, x, t, y=None):
+            return await self.router.route.remote((x, t, y))
 
         async def _expert(self, k, x, t, y, guidance):
             return await asyncio.wait_for(self.experts[k].velocity.remote((x, t, y, guidance)),

@@ -232,7 +232,7 @@ class ExpertsSpec(Base):
 class RouterSpec(Base):
     model: str = Field("Router-S", description="A named router size (see atoll.models.router).")
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(steps=500, batch_size=128, lr=1e-3,
-                                                                      class_dropout=0.0, ema_decay=0.0))
+                                                                      class_dropout=0.1, ema_decay=0.0))
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 
     @model_validator(mode="after")

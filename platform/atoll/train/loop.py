@@ -126,8 +126,10 @@ def _finish(engine, ema, task: Task, island: Store, run: Store, rank: int, world
             ema_model = task.build_model()
             ema.copy_to(ema_model) if task.training.ema_decay > 0 else ema_model.load_state_dict(weights)
             acc = router_accuracy(ema_model.eval(), task)
-            log.extra["accuracy_vs_t"] = acc
-            extra["accuracy_vs_t"] = acc
+            log.extra["accuracy_vs_t"] = extra["accuracy_vs_t"] = acc
+            if getattr(task, "classes", None) is not None:
+                blind = router_accuracy(ema_model.eval(), task, with_class=False)
+                log.extra["accuracy_vs_t_no_class"] = extra["accuracy_vs_t_no_class"] = blind
         save_pretrained(model, island, "model", ema=ema if task.training.ema_decay > 0 else None, extra=extra)
         log.finish(model_config=task.model_config())
     if world > 1:
