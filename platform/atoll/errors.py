@@ -12,5 +12,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from atoll.data.errors import DataError
     from atoll.k8s.errors import KubernetesError
 
-    errs += [DataError, KubernetesError]
+    from atoll.eval.errors import EvalError
+    from atoll.sampling.errors import SamplingError
+
+    errs += [DataError, KubernetesError, EvalError, SamplingError]
     return tuple(errs)

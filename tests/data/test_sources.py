@@ -115,7 +115,10 @@ def test_image_folder_without_classes(tmp_path):
         ImageFolder(str(tmp_path / "flat"), "folders")
 
 
-def test_moving_clips_not_implemented():
-    spec = job(source={"type": "moving-clips"}, partition={"k": 2, "fineClusters": 4}).spec.data
-    with pytest.raises(NotImplementedError, match="moving-clips"):
-        open_source(spec)
+def test_moving_clips_source_opens():
+    spec = job(source={"type": "moving-clips", "numClips": 3, "frames": 4, "size": 32},
+               partition={"k": 2, "fineClusters": 3}).spec.data
+    src = open_source(spec)
+    assert src.count() == 3
+    first = next(iter(src.read(0, 1)))
+    assert first["image"].shape[0] == 4 * first["image"].shape[1]  # frames stacked vertically
