@@ -41,7 +41,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
     else:
         # the dashboard serves the state API that Ray Train and Serve query; loopback only
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always a new instance of our own, never a `ray start` cluster found on the machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1", log_to_driver=True, **kwargs)
 
 
