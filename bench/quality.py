@@ -247,7 +247,7 @@ def plot_grids(rows: list[dict], work: Path, path: Path) -> None:
         ax.imshow(grid_array(imgs, nrow=10), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_ylabel(f"{r['arm']}\n{r['strategy']}", rotation=0, ha="right", va="center", fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.22, right=0.98, top=0.99, bottom=0.01)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
