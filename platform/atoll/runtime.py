@@ -29,7 +29,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("ATOLL_RAY_ADDRESS")
+    # inside a Ray job (or when the user says so) RAY_ADDRESS names the cluster to join
+    address = address or os.environ.get("ATOLL_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in WORKER_ENV.items() if v}
     if not env.get("DS_ACCELERATOR"):
         import torch
