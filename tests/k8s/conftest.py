@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "atoll"
+from k8s_paths import CHART, REPO  # noqa: F401
 
 
 @pytest.fixture(scope="session")

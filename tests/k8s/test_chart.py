@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import CHART
+from k8s_paths import CHART
 from k8s_schemas import validate
 
 CI = CHART / "ci"

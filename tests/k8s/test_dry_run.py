@@ -9,7 +9,7 @@ import yaml
 import k8s_specs
 from atoll.islands.kubernetes import submit_kubernetes
 from atoll.k8s.values import chart_values
-from conftest import CHART
+from k8s_paths import CHART
 from k8s_schemas import validate
 
 SPECS = {"one-island": k8s_specs.one_island, "eight-gpu-islands": k8s_specs.eight_gpu_islands,

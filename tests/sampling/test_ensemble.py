@@ -8,7 +8,7 @@ from torch import nn
 from atoll.models.router import RouterConfig
 from atoll.sampling import Ensemble, SamplingError, to_uint8
 
-from conftest import CLASS_NAMES, NUM_CLASSES, make_experts, make_router
+from sampling_helpers import CLASS_NAMES, NUM_CLASSES, make_experts, make_router
 
 
 class ForcedRouter(nn.Module):

@@ -9,7 +9,7 @@ import torch
 
 from atoll.sampling import Ensemble, RunNotFound
 
-from conftest import save_run
+from sampling_helpers import save_run
 
 
 def test_loads_experts_router_and_class_names(saved_runs):

@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, ray_local):
-    from conftest import save_tiny_run
+    from serve_helpers import save_tiny_run
 
     from atoll.sampling import Ensemble
     from atoll.serve import runner
