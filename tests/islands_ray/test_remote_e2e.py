@@ -81,6 +81,7 @@ def _kill_b_after_first_checkpoint(run, cluster, seen: dict, deadline: float) ->
         time.sleep(0.2)
 
 
+@pytest.mark.timeout(1800)  # ~6 min idle; two clusters + 3 experts + router on 2 cores
 def test_two_clusters_s3_failover(ray_islands, s3_server, tmp_path, monkeypatch, capsys):
     from atoll import pipeline
     from atoll.cli import app
