@@ -20,11 +20,12 @@ Shapes: ``x [B, C, H, W]``, ``t [B]``, ``y [B]`` long, ``text [B, L, D]``,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from atoll.models.config import DictConfig
 
 # The one place model sizes live; experts/*.yaml recipes name a size only.
 DIT_SIZES: dict[str, dict] = {
@@ -44,7 +45,7 @@ TEXT_MODES = ("pooled", "cross")
 
 # --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(DictConfig):
     """Everything needed to rebuild a DiT. ``size`` names an entry of ``DIT_SIZES``."""
 
     size: str
@@ -75,17 +76,6 @@ class DiTConfig:
     def dims(self) -> dict:
         """The size entry: depth, hidden_size, patch_size, num_heads."""
         return DIT_SIZES[self.size]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"DiTConfig has no field(s) {sorted(unknown)}; known fields: {sorted(known)}")
-        return cls(**d)
 
     def build(self) -> "DiT":
         return DiT(self)

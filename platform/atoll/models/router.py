@@ -10,12 +10,13 @@ Shapes: ``x_t [B, C, H, W]``, ``t [B]`` in [0, 1] -> logits ``[B, K]``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from atoll.models.dit import DiTBlock, PatchEmbed, TimestepEmbedder, init_dit_weights, modulate, sincos_pos_embed_2d
+from atoll.models.config import DictConfig
 
 ROUTER_SIZES: dict[str, dict] = {
     "Router-XS": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2),
@@ -25,7 +26,7 @@ ROUTER_SIZES: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(DictConfig):
     """Everything needed to rebuild a router. ``size`` names an entry of ``ROUTER_SIZES``."""
 
     size: str
@@ -50,17 +51,6 @@ class RouterConfig:
     @property
     def dims(self) -> dict:
         return ROUTER_SIZES[self.size]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RouterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"RouterConfig has no field(s) {sorted(unknown)}; known fields: {sorted(known)}")
-        return cls(**d)
 
     def build(self) -> "Router":
         return Router(self)

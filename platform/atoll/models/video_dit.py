@@ -27,13 +27,14 @@ Shapes: ``x [B, C, T, H, W]``, ``t [B]`` in [0, 1], ``y [B]`` long -> velocity `
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atoll.models.dit import DiTBlock, FinalLayer, TimestepEmbedder, init_dit_weights, modulate
+from atoll.models.config import DictConfig
 
 # The one place video model sizes live (names mirrored in names.VIDEO_DIT_SIZE_NAMES).
 # Head counts are chosen so that sequence-parallel degrees 2 and 4 divide them.
@@ -46,7 +47,7 @@ VDIT_SIZES: dict[str, dict] = {
 
 # --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class VideoDiTConfig:
+class VideoDiTConfig(DictConfig):
     """Everything needed to rebuild a VideoDiT. ``size`` names an entry of ``VDIT_SIZES``."""
 
     size: str
@@ -87,17 +88,6 @@ class VideoDiTConfig:
     def num_tokens(self) -> int:
         gt, gh, gw = self.grid
         return gt * gh * gw
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VideoDiTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"VideoDiTConfig has no field(s) {sorted(unknown)}; known fields: {sorted(known)}")
-        return cls(**d)
 
     def build(self) -> "VideoDiT":
         return VideoDiT(self)
