@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from atoll.models.config import DictConfig
 
 # The one place model sizes live; experts/*.yaml recipes name a size only.
