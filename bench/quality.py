@@ -41,7 +41,8 @@ SIZES: dict[str, dict] = {
     "small": {  # a smoke test: minutes, numbers meaningless
         "data": {"limit": 4000, "shardSize": 2000},
         "partition": {"fineClusters": 64},
-        "experts": {"training": {"steps": 20, "warmupSteps": 5, "checkpointEvery": 10, "logEvery": 5}},
+        "experts": {"training": {"steps": 20, "warmupSteps": 5, "checkpointEvery": 10, "snapshotEvery": 10,
+                                 "logEvery": 5}},
         "router": {"training": {"steps": 20, "checkpointEvery": 10}},
         "sample": {"numPerClass": 2, "steps": 4},
     },
@@ -50,7 +51,8 @@ SIZES: dict[str, dict] = {
         "experts": {"recipe": "dit-b2",
                     "scaling": {"numWorkers": 1, "useGpu": True, "gpusPerWorker": 1, "cpusPerWorker": 4},
                     "training": {"steps": 50000, "batchSize": 256, "lr": 0.0001, "warmupSteps": 1000,
-                                 "emaDecay": 0.9999, "checkpointEvery": 5000, "logEvery": 100}},
+                                 "emaDecay": 0.9999, "checkpointEvery": 5000, "snapshotEvery": 10000,
+                                 "logEvery": 100}},
         "router": {"model": "Router-B", "scaling": {"numWorkers": 1, "useGpu": True, "gpusPerWorker": 1,
                                                     "cpusPerWorker": 4},
                    "training": {"steps": 20000, "batchSize": 512, "lr": 0.0003}},
@@ -116,12 +118,30 @@ def train_flops(job: spec.JobSpec, store: str) -> tuple[float, float]:
 
 
 # -- sampling + scoring ---------------------------------------------------------------------
-def variants(arm: str, job: spec.JobSpec) -> list[tuple[str, str, int | None]]:
-    """(row label, strategy, expert alone or None) for one arm."""
+def variants(arm: str, job: spec.JobSpec) -> list[tuple[str, str, int | None, int | None]]:
+    """(row label, strategy, expert alone or None, snapshot step or None = final) for one arm.
+
+    The final models get every strategy and each expert alone; the training snapshots
+    (``snapshotEvery``) get the cheapest strategy (top1, or the monolith) for the FID-vs-FLOPs curve.
+    """
+    tr = job.spec.experts.training
+    snaps = [s for s in range(tr.snapshot_every, tr.steps, tr.snapshot_every)] if tr.snapshot_every else []
     if job.spec.num_experts == 1:
-        return [("-", "top1", None)]
-    return ([(s, s, None) for s in ("full", "top2", "top1")]
-            + [(f"expert {k} alone", "top1", k) for k in range(job.spec.num_experts)])
+        return [(f"- @ step {s}", "top1", None, s) for s in snaps] + [("-", "top1", None, None)]
+    return ([(f"top1 @ step {s}", "top1", None, s) for s in snaps]
+            + [(s, s, None, None) for s in ("full", "top2", "top1")]
+            + [(f"expert {k} alone", "top1", k, None) for k in range(job.spec.num_experts)])
+
+
+def run_tag(job: spec.JobSpec) -> str:
+    """The cache folder of a job's scored samples: its name + a hash of its spec (a changed spec rescores)."""
+    from atoll.data.stage import spec_hash
+
+    return f"{job.name}-{spec_hash(job.model_dump(mode='json'))[:10]}"
+
+
+def step_of(row: dict, job_steps: int) -> int:
+    return row["step"] if row.get("step") is not None else job_steps
 
 
 def to_28(images: torch.Tensor) -> torch.Tensor:
@@ -139,15 +159,17 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
 
     s = job.spec.sample
     labels = torch.arange(10).repeat(s.num_per_class)  # class-balanced; the first 10 are one per class
-    ens = None
+    ensembles: dict = {}
     rows = []
-    for label, strategy, alone in variants(arm, job):
-        key = work / job.name / f"{label.replace(' ', '-')}"
+    for label, strategy, alone, step in variants(arm, job):
+        key = work / run_tag(job) / f"{label.replace(' ', '-').replace('@', 'at')}"
         if (key.with_suffix(".json")).exists():
             rows.append(json.loads(key.with_suffix(".json").read_text()))
             console().print(f"  {arm} / {label}: cached")
             continue
-        ens = ens or Ensemble.from_pretrained(pipeline.open_run(job, store))
+        if step not in ensembles:
+            ensembles[step] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step)
+        ens = ensembles[step]
         model = ens.only(alone) if alone is not None else ens
         res = model.sample(labels, strategy=strategy, steps=s.steps, guidance=s.guidance, seed=s.seed,
                            batch_size=128)
@@ -156,7 +178,8 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
         if inception:
             from atoll.eval.inception import inception_fid
             m["inception_fid"] = inception_fid(imgs, fashion_mnist_reference("test")[0])
-        row = {"arm": arm, "run": job.name, "strategy": label, "gflops_per_image": res.gflops_per_image,
+        row = {"arm": arm, "run": run_tag(job), "strategy": label, "step": step,
+               "train_steps": job.spec.experts.training.steps, "gflops_per_image": res.gflops_per_image,
                "sample_wall_s": res.wall_s, "n": len(labels), **m}
         key.parent.mkdir(parents=True, exist_ok=True)
         np.save(key.with_suffix(".npy"), imgs[:10].numpy())
@@ -178,25 +201,46 @@ def machine() -> str:
             f"python {sys.version.split()[0]}; load average at the end: {' '.join(load)} (machine shared)")
 
 
+NAMES = {"monolith": "monolith (all data)", "kmeans": "K=4 experts, k-means partition",
+         "random": "K=4 experts, random partition"}
+COLORS = {"monolith": "k", "kmeans": "C0", "random": "C1"}
+
+
+def curve_points(rows: list[dict], flops: dict) -> dict[str, list[tuple[int, float, dict]]]:
+    """Per arm: (step, experts' training FLOPs so far, row) for the top1 (or monolith) rows, by step."""
+    out: dict[str, list] = {}
+    for r in rows:
+        if r["strategy"].split(" @ ")[0] in ("top1", "-"):
+            step = step_of(r, r["train_steps"])
+            out.setdefault(r["arm"], []).append((step, flops[r["arm"]][0] * step / r["train_steps"], r))
+    return {arm: sorted(v, key=lambda p: p[0]) for arm, v in out.items()}
+
+
 def write_table(rows: list[dict], flops: dict, walls: dict, size: str, command: str, total_s: float,
                 inception: bool) -> str:
-    names = {"monolith": "monolith (all data)", "kmeans": "K=4 experts, k-means partition",
-             "random": "K=4 experts, random partition"}
     head = "| model / partition | strategy | FID (classifier) | class acc | precision | recall | GFLOPs/image |"
     if inception:
         head = head[:-1] + " Inception FID |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        cells = [names[r["arm"]], r["strategy"], f"{r['fid']:.2f}", f"{r['class_accuracy']:.3f}",
+        if r.get("step") is not None:
+            continue
+        cells = [NAMES[r["arm"]], r["strategy"], f"{r['fid']:.2f}", f"{r['class_accuracy']:.3f}",
                  f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['gflops_per_image']:.2f}"]
         if inception:
             cells.append(f"{r.get('inception_fid', float('nan')):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    curve = ["| model / partition | training step | experts' training FLOPs so far | FID (classifier) | class acc |",
+             "|---|---|---|---|---|"]
+    for arm, pts in curve_points(rows, flops).items():
+        for step, fl, r in pts:
+            curve.append(f"| {NAMES[arm]} ({'top1' if arm != 'monolith' else 'one model'}) | {step} | {fl:.3e} "
+                         f"| {r['fid']:.2f} | {r['class_accuracy']:.3f} |")
     n = rows[0]["n"]
     ft = ["| arm | experts' training FLOPs | router training FLOPs | train wall (this run) |", "|---|---|---|---|"]
     for arm, (fe, fr) in flops.items():
         w = f"{walls[arm] / 60:.1f} min" if arm in walls else "-"
-        ft.append(f"| {names[arm]} | {fe:.3e} | {fr:.3e} | {w} |")
+        ft.append(f"| {NAMES[arm]} | {fe:.3e} | {fr:.3e} | {w} |")
     return "\n".join([
         f"# Quality bench: decentralized ensemble vs monolith at equal training FLOPs ({size} size)", "",
         f"Command: `{command}`", "",
@@ -208,7 +252,8 @@ def write_table(rows: list[dict], flops: dict, walls: dict, size: str, command: 
         "(`atoll.eval`). FID with this few samples is biased upward; compare rows, not with the paper. "
         "GFLOPs/image: router + selected experts, x2 with classifier-free guidance "
         "(`Ensemble.gflops_per_image`).", "",
-        *lines, "", "Training compute:", "", *ft, "",
+        *lines, "", "Along training (the experts' EMA snapshots, `training.snapshotEvery`, with the final router):",
+        "", *curve, "", "Training compute:", "", *ft, "",
         "Plots: `fid_vs_flops.png`, `grids.png` (one row per model/strategy, one image per class).", ""])
 
 
@@ -217,18 +262,18 @@ def plot_fid_vs_flops(rows: list[dict], flops: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    marks = {"full": "o", "top2": "s", "top1": "^", "-": "D"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arm, pts in curve_points(rows, flops).items():
+        label = "monolith" if arm == "monolith" else f"{arm} top1"
+        ax.plot([p[1] / 1e12 for p in pts], [p[2]["fid"] for p in pts], marker="o", color=COLORS[arm], label=label)
+    marks = {"full": "s", "top2": "^"}
     for r in rows:
-        if r["strategy"] not in marks:
-            continue
-        x = flops[r["arm"]][0] / 1e12
-        ax.scatter(x, r["fid"], marker=marks[r["strategy"]],
-                   color={"monolith": "k", "kmeans": "C0", "random": "C1"}[r["arm"]],
-                   label=f"{r['arm']} {r['strategy']}".replace(" -", ""))
-    ax.set_xlabel("training TFLOPs (experts total)")
+        if r.get("step") is None and r["strategy"] in marks:
+            ax.scatter(flops[r["arm"]][0] / 1e12, r["fid"], marker=marks[r["strategy"]], color=COLORS[r["arm"]],
+                       label=f"{r['arm']} {r['strategy']} (final)")
+    ax.set_xlabel("training TFLOPs (experts total, router excluded)")
     ax.set_ylabel("FID (classifier features, lower is better)")
-    ax.set_title("One training length per arm: one point each (equal FLOPs)")
+    ax.set_title("Equal training FLOPs: FID along training")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -241,6 +286,7 @@ def plot_grids(rows: list[dict], work: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
     from atoll.sampling.grid import grid_array
 
+    rows = [r for r in rows if r.get("step") is None]
     fig, axes = plt.subplots(len(rows), 1, figsize=(7, 0.8 * len(rows) + 0.4))
     for ax, r in zip(np.atleast_1d(axes), rows):
         imgs = np.load(work / r["run"] / f"{r['strategy'].replace(' ', '-')}.npy")

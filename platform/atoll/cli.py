@@ -215,12 +215,14 @@ def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://b
            nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: ~sqrt(n))."),
            trace: Optional[Path] = typer.Option(None, "--trace", help="Also write a picture of routing per step."),
            device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-           prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-conditioned runs).")):
+           prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-conditioned runs)."),
+           step: Optional[int] = typer.Option(None, "--step", help="The experts' training snapshot at this step "
+                                              "(experts.training.snapshotEvery) instead of the final models.")):
     """Samples images from a trained run's ensemble and writes a grid (and optionally the routing trace)."""
     from atoll.sampling.cli import sample_command
 
     sample_command(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
-                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt)
+                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step)
 
 
 @app.command("serve")

@@ -32,10 +32,10 @@ def _labels(ens: Ensemble, class_: str | None, n: int) -> torch.Tensor | None:
 
 def sample_command(run: str, *, strategy: str, class_: str | None, n: int, steps: int, sampler: str,
                    guidance: float, seed: int, output: Path, nrow: int | None, trace: Path | None,
-                   device: str, prompt: str | None = None) -> None:
+                   device: str, prompt: str | None = None, step: int | None = None) -> None:
     try:
         _sample(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
-                seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt)
+                seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step)
     except (SamplingError, StoreError, FileNotFoundError) as e:
         console().print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
@@ -43,7 +43,7 @@ def sample_command(run: str, *, strategy: str, class_: str | None, n: int, steps
 
 def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, sampler: str, guidance: float,
             seed: int, output: Path, nrow: int | None, trace: Path | None, device: str,
-            prompt: str | None = None) -> None:
+            prompt: str | None = None, step: int | None = None) -> None:
     if n < 1:
         raise SamplingError(f"-n must be >= 1, got {n}")
     if nrow is not None and nrow < 1:
@@ -52,7 +52,7 @@ def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, 
         torch.device(device)
     except RuntimeError as e:
         raise SamplingError(f"--device {device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
-    ens = Ensemble.from_pretrained(run, device=device)
+    ens = Ensemble.from_pretrained(run, device=device, step=step)
     ens.check_strategy(strategy)
     if prompt is not None and class_ is not None:
         raise SamplingError("pass --prompt or --class, not both")

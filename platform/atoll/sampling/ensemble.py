@@ -61,19 +61,21 @@ class Ensemble:
     # -- loading ---------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, run_uri: str | Store, *, s3: S3Config | None = None,
-                        device: str | torch.device = "cpu", weights: str = "model") -> "Ensemble":
+                        device: str | torch.device = "cpu", weights: str = "model",
+                        step: int | None = None) -> "Ensemble":
         """Loads every expert (``experts/00k/model``, EMA weights) and the router of a run.
 
         ``run_uri``: ``./runs/quickstart``, ``file:///...``, ``s3://bucket/prefix/quickstart``, a job
         YAML, or a ``Store`` rooted at the run. A monolith run gives one expert and no router.
-        Raises ``RunNotFound`` naming the URI and the fix when something is missing.
+        ``step``: the experts' training snapshots at that step (``training.snapshotEvery``) with
+        the final router. Raises ``RunNotFound`` naming the URI and the fix when something is missing.
         """
         from atoll.models.checkpoint import from_pretrained
         from atoll.sampling.runs import inspect_run, open_run_uri, require_checkpoint
 
         store = open_run_uri(run_uri, s3)
         info = inspect_run(store)
-        prefixes = [require_checkpoint(store, k, info.num_experts) for k in range(info.num_experts)]
+        prefixes = [require_checkpoint(store, k, info.num_experts, step) for k in range(info.num_experts)]
         router_prefix = require_checkpoint(store, None, info.num_experts) if info.num_experts > 1 else None
         experts = [from_pretrained(store, p, weights=weights, map_location=device) for p in prefixes]
         router = from_pretrained(store, router_prefix, map_location=device) if router_prefix else None

@@ -70,8 +70,30 @@ def checkpoint_prefix(k: int | None) -> str:
     return "router/model" if k is None else f"experts/{k:03d}/model"
 
 
-def require_checkpoint(store: Store, k: int | None, num_experts: int) -> str:
-    """The checkpoint prefix if it is committed, else ``RunNotFound`` naming its URI and the fix."""
+def snapshot_prefix(k: int, step: int) -> str:
+    """``experts/00k/snapshots/step-00NNNN``: expert ``k``'s EMA weights at ``step`` (training.snapshotEvery)."""
+    return f"experts/{k:03d}/snapshots/step-{step:06d}"
+
+
+def snapshot_steps(store: Store, k: int = 0) -> list[int]:
+    """The committed snapshot steps of expert ``k``, ascending."""
+    found = re.compile(rf"experts/{k:03d}/snapshots/step-(\d{{6,}})/manifest\.json$")
+    return sorted(int(m.group(1)) for key in store.list(f"experts/{k:03d}/snapshots") if (m := found.match(key)))
+
+
+def require_checkpoint(store: Store, k: int | None, num_experts: int, step: int | None = None) -> str:
+    """The checkpoint prefix if it is committed, else ``RunNotFound`` naming its URI and the fix.
+
+    ``step``: an expert's training snapshot instead of its final model (the router is always final).
+    """
+    if step is not None and k is not None:
+        prefix = snapshot_prefix(k, step)
+        if store.manifest(prefix) is None:
+            have = snapshot_steps(store, k)
+            raise RunNotFound(f"expert {k} has no snapshot at step {step} ({store.url(prefix)}); its snapshots: "
+                              f"{have or 'none'}. Snapshots are written when the job sets "
+                              "experts.training.snapshotEvery; pick one of the steps listed")
+        return prefix
     prefix = checkpoint_prefix(k)
     if store.manifest(prefix) is None:
         what = "the router" if k is None else f"expert {k} (of {num_experts})"

@@ -199,6 +199,9 @@ class TrainingSpec(Base):
     timesteps: Literal["logit-normal", "uniform"] = "logit-normal"
     class_dropout: float = Field(0.1, ge=0, lt=1, description="Label drop rate for classifier-free guidance.")
     checkpoint_every: int = Field(200, ge=1)
+    snapshot_every: int = Field(0, ge=0, description=(
+        "Also keep the EMA weights every N steps as a loadable model (snapshots/step-N; 0 = off), "
+        "e.g. to score a model along its training; `atoll sample RUN --step N` loads one."))
     log_every: int = Field(20, ge=1)
     seed: int = 0
 

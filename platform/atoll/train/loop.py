@@ -91,6 +91,9 @@ def train_island(cfg: dict) -> None:
                 log.step(done, loss_avg, sps, lr)
             last_metrics = {"step": done, "loss": loss_avg, "samples_per_s": sps}
             loss_sum, n_loss, t_last, step_last = 0.0, 0, time.time(), done
+        if tr.snapshot_every and done % tr.snapshot_every == 0 and done < tr.steps:
+            _save_snapshot(engine, ema, task, island, done, rank, tr.zero_stage)  # before the checkpoint: a
+            # resume from an older checkpoint rewrites it identically, and none is ever skipped
         if done % tr.checkpoint_every == 0 and done < tr.steps:
             _save_checkpoint(engine, ema, island, scratch, done, rank, world, tr.zero_stage)
             if rank == 0:
@@ -109,6 +112,19 @@ def _save_checkpoint(engine, ema, island: Store, scratch, step: int, rank: int, 
         ckpt.commit(island, step, {"world_size": world, "zero_stage": stage})
     if world > 1:
         dist.barrier()
+
+
+def _save_snapshot(engine, ema, task: Task, island: Store, step: int, rank: int, stage: int) -> None:
+    """The EMA weights at ``step`` as a loadable model under ``snapshots/step-N`` (rank 0 writes)."""
+    from atoll.models.checkpoint import save_pretrained
+
+    weights = dse.full_state_dict(engine, stage)  # collective under ZeRO-3: every rank calls it
+    if rank == 0:
+        model = task.build_model()
+        model.load_state_dict(weights)
+        save_pretrained(model, island, f"snapshots/{ckpt.tag(step)}",
+                        ema=ema if task.training.ema_decay > 0 else None,
+                        extra={"role": task.kind, "name": task.name, "steps": step})
 
 
 def _finish(engine, ema, task: Task, island: Store, run: Store, rank: int, world: int, log: IslandLog,
