@@ -88,7 +88,11 @@ def build_markdown(job: JobSpec, run: Store) -> tuple[str, list[str]]:
         for key in run.list("samples"):
             name = key.split("/", 1)[1]
             if name.endswith(".png") and _copy(run, key, f"samples-{name}", pics):
-                lines += [f"### {name[:-4]}", "", f"![{name}](samples-{name})", ""]
+                lines += [f"### {name[:-4]}", ""]
+                gif = f"{name[:-4]}.gif"  # video runs: the animation, then its frame strip
+                if _copy(run, f"samples/{gif}", f"samples-{gif}", pics):
+                    lines += [f"![{gif}](samples-{gif})", ""]
+                lines += [f"![{name}](samples-{name})", ""]
     return "\n".join(lines) + "\n", pics
 
 

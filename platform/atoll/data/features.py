@@ -17,6 +17,29 @@ def pixels(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
+def pool_clips(images: np.ndarray) -> np.ndarray:
+    """Stored clips uint8 ``[N, C, T*H, W]`` -> one frame per clip, uint8 ``[N, C, H, W]``.
+
+    Each frame is shifted (integer ``np.roll``) so its intensity centroid sits at the frame
+    centre, then the frames are averaged: the clip's moving objects become one still,
+    centred picture, and clips cluster by what moves rather than where it is.
+    """
+    from atoll.data.sources.moving_clips import clips_tensor
+
+    clips = clips_tensor(images).astype(np.float32)  # [N, C, T, H, W]
+    n, c, t, h, w = clips.shape
+    mass = clips.sum(axis=1)  # [N, T, H, W]
+    total = mass.sum(axis=(2, 3)) + 1e-6
+    cy = (mass.sum(axis=3) * np.arange(h)).sum(axis=2) / total
+    cx = (mass.sum(axis=2) * np.arange(w)).sum(axis=2) / total
+    dy = np.rint((h - 1) / 2 - cy).astype(int)
+    dx = np.rint((w - 1) / 2 - cx).astype(int)
+    out = np.empty((n, c, h, w), np.float32)
+    for i in range(n):
+        out[i] = np.mean([np.roll(clips[i, :, j], (dy[i, j], dx[i, j]), axis=(1, 2)) for j in range(t)], axis=0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def fit_pca(images: np.ndarray, dims: int, seed: int) -> dict:
     """Fits PCA on a seeded sample of up to PCA_FIT_SAMPLES images; returns mean and components."""
     from sklearn.decomposition import PCA

@@ -102,6 +102,11 @@ def run_partition(job, run: Store) -> dict:
         return done
     run.delete_prefix(PARTITION)  # leftovers of an interrupted run; nothing committed is lost
     raws, images, labels, captions = read_data(run)
+    clips = job.spec.data.source.type == "moving-clips"
+    if clips:  # clips cluster on their object-centred frame mean (features.pool_clips)
+        from atoll.data.features import pool_clips
+
+        images = pool_clips(images)
     cl, state = cluster(spec, images, captions)
     k, names = spec.k, data_m.get("class_names")
     experts = write_experts(run, raws, cl.assignment, k, data_m.get("shard_size") or 10000, digest, data_m)
@@ -115,6 +120,7 @@ def run_partition(job, run: Store) -> dict:
     manifest = {
         "kind": KIND, "spec_hash": digest, "spec": spec.model_dump(mode="json"), "method": spec.method, "k": k,
         "features": spec.features.type if spec.method == "kmeans" else None,
+        "features_input": "object-centred frame mean of each clip" if clips else "images",
         "count": len(raws), "cluster_sizes": np.bincount(cl.assignment, minlength=k).tolist(), "experts": experts,
         "num_fine": None if cl.fine_centroids is None else len(cl.fine_centroids),
         "fine_to_coarse": None if cl.fine_to_coarse is None else cl.fine_to_coarse.tolist(),

@@ -47,6 +47,15 @@ def dit_forward_flops(config: DiTConfig, text_len: int = 32) -> int:
     return total
 
 
+def video_dit_forward_flops(config) -> int:
+    """FLOPs of ``VideoDiT.forward`` for one clip (``T/pt * (H/p)^2`` tokens, full 3D attention)."""
+    d, p, C, pt = config.dims["hidden_size"], config.dims["patch_size"], config.in_channels, config.temporal_patch
+    n = (config.frames // pt) * (config.input_size // p) ** 2
+    total = _mm(n, d, C * pt * p * p) + _mm(1, d, FREQ_DIM) + _mm(1, d, d)
+    total += config.dims["depth"] * _block(n, d, int(d * config.mlp_ratio))
+    return total + _mm(1, 2 * d, d) + _mm(n, pt * p * p * C, d)
+
+
 def router_forward_flops(config: RouterConfig) -> int:
     """FLOPs of ``Router.forward`` for one sample."""
     d, p, C = config.dims["hidden_size"], config.dims["patch_size"], config.in_channels
@@ -61,7 +70,11 @@ def forward_flops(config: DiTConfig | RouterConfig, **kw) -> int:
         return dit_forward_flops(config, **kw)
     if isinstance(config, RouterConfig):
         return router_forward_flops(config)
-    raise ValueError(f"forward_flops takes a DiTConfig or RouterConfig, got {type(config).__name__}")
+    from atoll.models.video_dit import VideoDiTConfig
+
+    if isinstance(config, VideoDiTConfig):
+        return video_dit_forward_flops(config)
+    raise ValueError(f"forward_flops takes a DiTConfig, VideoDiTConfig or RouterConfig, got {type(config).__name__}")
 
 
 def train_flops_per_sample(config: DiTConfig | RouterConfig, **kw) -> int:

@@ -6,7 +6,9 @@ on ``t`` through adaLN, the tokens are mean-pooled, and an adaLN-modulated
 LayerNorm + linear head gives the logits. Trained with cross-entropy on
 (noised sample, its cluster id), its softmax estimates ``p(k | x_t, t)``.
 
-Shapes: ``x_t [B, C, H, W]``, ``t [B]`` in [0, 1] -> logits ``[B, K]``.
+Shapes: ``x_t [B, C, H, W]``, ``t [B]`` in [0, 1] -> logits ``[B, K]``. A video ``x_t
+[B, C, T, H, W]`` is routed on its frame mean (the router of a video run is trained on
+noised clips, so it learns from the same averaged input).
 """
 from __future__ import annotations
 
@@ -87,6 +89,8 @@ class Router(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
+        if x_t.dim() == 5:  # a video x_t [B, C, T, H, W] is routed on its frame mean
+            x_t = x_t.mean(dim=2)
         if x_t.dim() != 4 or x_t.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"x_t must have shape [B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}], "
                              f"got {list(x_t.shape)}")

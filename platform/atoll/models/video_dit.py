@@ -38,7 +38,9 @@ from atoll.models.config import DictConfig
 
 # The one place video model sizes live (names mirrored in names.VIDEO_DIT_SIZE_NAMES).
 # Head counts are chosen so that sequence-parallel degrees 2 and 4 divide them.
+# ``temporal_patch`` (optional, default 1) is the size's frames per patch.
 VDIT_SIZES: dict[str, dict] = {
+    "VDiT-XXS/4": dict(depth=4, hidden_size=128, patch_size=4, num_heads=4, temporal_patch=2),
     "VDiT-XS/2": dict(depth=6, hidden_size=256, patch_size=2, num_heads=8),
     "VDiT-S/2": dict(depth=12, hidden_size=384, patch_size=2, num_heads=8),
     "VDiT-B/2": dict(depth=12, hidden_size=768, patch_size=2, num_heads=12),

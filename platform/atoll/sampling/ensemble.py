@@ -116,9 +116,17 @@ class Ensemble:
         return states.to(self.device), mask.to(self.device)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def image_shape(self) -> tuple[int, ...]:
+        """One sample's shape: ``(C, H, W)``, or ``(C, T, H, W)`` for video experts."""
         c = self.experts[0].config
+        if self.is_video:
+            return (c.in_channels, c.frames, c.input_size, c.input_size)
         return (c.in_channels, c.input_size, c.input_size)
+
+    @property
+    def is_video(self) -> bool:
+        """True when the experts are video DiTs (samples ``[N, C, T, H, W]``)."""
+        return hasattr(self.experts[0].config, "frames")
 
     def check_strategy(self, strategy: str) -> int:
         """Experts evaluated per sample per step; ``SamplingError`` for a bad strategy."""

@@ -4,6 +4,8 @@ Writes under ``run/samples/``:
 
 * ``<strategy>.png``   one row per class, ``sample.numPerClass`` images per row;
 * ``expert-00k.png``   the same grid from expert k alone (no router);
+* video runs: ``<strategy>.gif`` / ``expert-00k.gif`` (animated, the same layout) and the
+  ``.png`` is a frame strip instead (a row per clip, a column per frame);
 * ``trace.png``        routing over time for a few samples (top1 if asked for, else the first strategy);
 * ``manifest.json``    last: per strategy seconds and GFLOPs per image (and class accuracy
   when ``atoll.eval`` provides a classifier), the files with sizes and hashes.
@@ -17,7 +19,7 @@ import torch
 from atoll.progress import console, task
 from atoll.sampling.ensemble import Ensemble
 from atoll.sampling.evaluate import class_accuracy
-from atoll.sampling.grid import default_scale, grid_png
+from atoll.sampling.grid import default_scale, grid_png, png_bytes
 from atoll.sampling.result import SampleResult
 from atoll.sampling.trace_plot import trace_png
 from atoll.spec import JobSpec
@@ -69,8 +71,18 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     runs = (len(strategies) if ens.num_experts > 1 else 1) + len(experts)
     kw = dict(steps=ss.steps, sampler=ss.sampler, guidance=ss.guidance, seed=ss.seed, batch_size=BATCH)
     trace_strategy = "top1" if "top1" in strategies else strategies[0]
-    scale = default_scale(ens.image_shape[1])
+    scale = default_scale(ens.image_shape[-1])
     out = _Writer(run)
+
+    def pictures(name: str, images: torch.Tensor) -> None:
+        if ens.is_video:  # [N, C, T, H, W]: an animated grid + a frame strip
+            from atoll.sampling.video_io import frame_strip, gif_bytes
+
+            out.put(f"{name}.gif", gif_bytes(images.numpy(), nrow=ss.num_per_class, scale=scale))
+            out.put(f"{name}.png", png_bytes(frame_strip(images.numpy()), scale=scale))
+        else:
+            out.put(f"{name}.png", grid_png(images, ss.num_per_class, scale=scale))
+
     results: dict[str, SampleResult] = {}
     with task("samples", total=runs * ss.steps * math.ceil(n / BATCH)) as bar:
         for s in strategies:
@@ -79,18 +91,19 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
             else:
                 results[s] = ens.sample(n, class_labels=labels, strategy=s, return_trace=s == trace_strategy or ens.num_experts == 1,
                                         progress=bar.advance, **kw)
-            out.put(f"{s}.png", grid_png(results[s].images, ss.num_per_class, scale=scale))
+            pictures(s, results[s].images)
         for k in experts:
             res = ens.only(k).sample(n, class_labels=labels, strategy="top1", progress=bar.advance, **kw)
-            out.put(f"expert-{k:03d}.png", grid_png(res.images, ss.num_per_class, scale=scale))
+            pictures(f"expert-{k:03d}", res.images)
             results[f"expert-{k:03d}"] = res
         if ens.num_experts == 1:
-            out.put("expert-000.png", grid_png(results[strategies[0]].images, ss.num_per_class, scale=scale))
+            pictures("expert-000", results[strategies[0]].images)
     traced = results[trace_strategy]
     if traced.trace is not None:
         pick = trace_rows(labels, ss.num_per_class)
         names = None if labels is None else [ens.class_names[int(labels[i])] for i in pick]
-        out.put("trace.png", trace_png(traced.trace.subset(pick), traced.images[pick], samples=len(pick),
+        shown = traced.images[pick][:, :, 0] if ens.is_video else traced.images[pick]  # video: first frames
+        out.put("trace.png", trace_png(traced.trace.subset(pick), shown, samples=len(pick),
                                        labels=names, title=f"routing per step ({trace_strategy}, "
                                                            f"{ens.num_experts} experts)"))
     manifest = _manifest(job, ens, run, results, strategies, out.files)

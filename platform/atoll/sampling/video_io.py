@@ -68,13 +68,33 @@ def read_gif(data: bytes) -> np.ndarray:
     return np.stack([np.asarray(f.convert("L")) for f in ImageSequence.Iterator(img)])
 
 
+VIDEO_MEDIA_TYPES = {"gif": "image/gif", "png": "image/png"}
+
+
+def encode_video(videos: np.ndarray, format: str = "gif", *, nrow: int | None = None, fps: float = 6.0,
+                 scale: int = 1) -> bytes:
+    """uint8 ``[B, C, T, H, W]`` -> the bytes of one picture, in memory (what ``save_video`` writes, and
+    what the server returns).
+
+    ``gif``: one animated GIF (``gif_bytes``): frame ``k`` shows every clip at time ``k``, ``nrow`` clips per
+    row (default all side by side); 1-channel clips are written in mode ``L``, so decoding gives back the
+    exact uint8 frames (Pillow stores identical consecutive frames once, with their durations added).
+    ``png``: the frame strip (``frame_strip``): a row per clip, a column per frame.
+    """
+    if format == "gif":
+        return gif_bytes(videos, nrow=nrow, fps=fps, scale=scale)
+    if format == "png":
+        return png_bytes(frame_strip(videos), scale=scale)
+    raise SamplingError(f"video format {format!r} is unknown; use one of {', '.join(VIDEO_MEDIA_TYPES)}")
+
+
 def save_video(videos: np.ndarray, path_stem: str | Path, fps: float = 6.0, scale: int = 2) -> dict[str, Path]:
     """Writes ``STEM.gif`` and ``STEM.png`` (frame strip); returns both paths."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     gif, png = stem.with_suffix(".gif"), stem.with_suffix(".png")
-    gif.write_bytes(gif_bytes(videos, fps=fps, scale=scale))
-    png.write_bytes(png_bytes(frame_strip(videos), scale=scale))
+    gif.write_bytes(encode_video(videos, "gif", fps=fps, scale=scale))
+    png.write_bytes(encode_video(videos, "png", scale=scale))
     return {"gif": gif, "png": png}
 
 

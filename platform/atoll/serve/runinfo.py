@@ -29,7 +29,10 @@ def deployment_name(k: int) -> str:
 
 
 def run_facts(store: Store) -> RunFacts:
-    """Experts, classes and the image shape (from expert 0's ``config.json``). ``RunNotFound`` if not a run."""
+    """Experts, classes and the sample shape (from expert 0's ``config.json``). ``RunNotFound`` if not a run.
+
+    A video run (``frames`` in the config) has ``image_shape = (C, T, H, W)`` and ``frames = T``.
+    """
     from atoll.models.checkpoint import load_config
 
     info = inspect_run(store)
@@ -41,8 +44,20 @@ def run_facts(store: Store) -> RunFacts:
     size, chans = int(cfg["input_size"]), int(cfg["in_channels"])
     num_classes = int(cfg.get("num_classes") or 0)
     names = info.class_names or [str(i) for i in range(num_classes)]
+    frames = int(cfg.get("frames") or 0)
+    shape = (chans, frames, size, size) if frames else (chans, size, size)
     return RunFacts(num_experts=info.num_experts, num_classes=num_classes, class_names=tuple(names),
-                    image_shape=(chans, size, size), text_conditioned=cfg.get("text_dim") is not None)
+                    image_shape=shape, text_conditioned=cfg.get("text_dim") is not None, frames=frames)
+
+
+def expert_heads(store: Store, k: int = 0) -> int:
+    """Attention heads of expert ``k`` (from its ``config.json``): what a sequence-parallel degree must divide."""
+    from atoll.models.checkpoint import load_config
+    from atoll.models.dit import DIT_SIZES
+    from atoll.models.video_dit import VDIT_SIZES
+
+    size = load_config(store, checkpoint_prefix(k))["config"]["size"]
+    return int({**DIT_SIZES, **VDIT_SIZES}[size]["num_heads"])
 
 
 def experts_summary(store: Store, facts: RunFacts) -> list[dict]:

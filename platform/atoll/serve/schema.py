@@ -44,9 +44,15 @@ class GenerateRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63, description="Sample i starts from noise seeded by (seed, i).")
     strategy: str = Field("top1", description="full, top1, top2, ... topK.")
     top_k: int | None = Field(None, description="Shorthand for strategy topN.")
-    size: int | None = Field(None, description="Image side; must equal the trained size when given.")
-    format: Literal["png", "json"] = Field("png", description="png: one image/png grid; json: base64 PNGs + metadata.")
-    scale: int = Field(1, ge=1, le=32, description="Nearest-neighbour upscale of the returned PNGs.")
+    size: int | None = Field(None, description="Image (frame) side; must equal the trained size when given.")
+    frames: int | None = Field(None, description="Video runs: frames per clip; must equal the trained frames "
+                                                 "when given.")
+    format: Literal["png", "json", "gif"] | None = Field(
+        None, description="Image runs (default png): png = one image/png grid, json = base64 PNGs + metadata. "
+                          "Video runs (default gif): gif = one animated image/gif (clips side by side / in a "
+                          "grid), png = the frame strip (a row per clip, a column per frame), json = base64 "
+                          "GIFs + metadata.")
+    scale: int = Field(1, ge=1, le=32, description="Nearest-neighbour upscale of the returned PNGs / GIFs.")
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,22 @@ class Limits:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What the ingress knows about the run without loading weights."""
+    """What the ingress knows about the run without loading weights.
+
+    ``image_shape``: one sample's shape, ``(C, H, W)``, or ``(C, T, H, W)`` for a video run
+    (``frames`` = T > 0).
+    """
 
     num_experts: int
     num_classes: int
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     text_conditioned: bool
+    frames: int = 0
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 0
 
 
 @dataclass(frozen=True)
@@ -131,10 +146,22 @@ def resolve(req: GenerateRequest, limits: Limits, facts: RunFacts) -> Resolved:
                            limit=limits.max_steps)
     side = facts.image_shape[-1]
     if req.size is not None and req.size != side:
-        raise RequestError("size", f"size = {req.size}, but this run generates {side}x{side} images", limit=side)
+        what = f"{facts.frames}-frame {side}x{side} clips" if facts.is_video else f"{side}x{side} images"
+        raise RequestError("size", f"size = {req.size}, but this run generates {what} (trained size {side})",
+                           limit=side)
+    if req.frames is not None and not facts.is_video:
+        raise RequestError("frames", f"frames = {req.frames}, but this run generates images, not videos; "
+                                     "leave frames out")
+    if req.frames is not None and req.frames != facts.frames:
+        raise RequestError("frames", f"frames = {req.frames}, but this run generates {facts.frames}-frame clips "
+                                     f"(trained frames {facts.frames})", limit=facts.frames)
+    fmt = req.format or ("gif" if facts.is_video else "png")
+    if fmt == "gif" and not facts.is_video:
+        raise RequestError("format", "format = 'gif' is for video runs; this run generates images: use png or json",
+                           limit=["png", "json"])
     label = _label(req, facts)
     return Resolved(label=label, n=req.n, steps=steps, guidance=float(req.guidance), seed=req.seed,
-                    strategy=_strategy(req, facts.num_experts), format=req.format, scale=req.scale)
+                    strategy=_strategy(req, facts.num_experts), format=fmt, scale=req.scale)
 
 
 def validation_error_body(errors: list[dict]) -> dict:

@@ -69,7 +69,7 @@ def _check_sizes(doc: dict) -> list[Problem]:
     every other problem, not only once the rest validates."""
     out = []
     try:
-        from atoll.models.names import DIT_SIZE_NAMES, ROUTER_SIZE_NAMES
+        from atoll.models.names import DIT_SIZE_NAMES, ROUTER_SIZE_NAMES, VIDEO_DIT_SIZE_NAMES
     except ImportError:
         return out
     body = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
@@ -80,8 +80,9 @@ def _check_sizes(doc: dict) -> list[Problem]:
         return v if isinstance(v, str) else None  # other types: pydantic reports them
 
     m = named("experts", ExpertsSpec.model_fields["model"].default)
-    if m is not None and m not in DIT_SIZE_NAMES:
-        out.append(Problem("spec.experts.model", f"unknown DiT size; use one of {', '.join(DIT_SIZE_NAMES)}", m, True))
+    if m is not None and m not in DIT_SIZE_NAMES + VIDEO_DIT_SIZE_NAMES:
+        out.append(Problem("spec.experts.model", f"unknown DiT size; use one of {', '.join(DIT_SIZE_NAMES)} (images) "
+                           f"or {', '.join(VIDEO_DIT_SIZE_NAMES)} (video)", m, True))
     r = named("router", RouterSpec.model_fields["model"].default)
     if r is not None and r not in ROUTER_SIZE_NAMES:
         out.append(Problem("spec.router.model", f"unknown router size; use one of {', '.join(ROUTER_SIZE_NAMES)}",

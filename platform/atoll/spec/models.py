@@ -327,6 +327,9 @@ class ServeSpec(Base):
     default_steps: int = Field(32, ge=1, le=1000)
     router: DeploymentSpec = Field(default_factory=DeploymentSpec)
     experts: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    sequence_parallel: int = Field(1, ge=1, le=64, description=(
+        "Video runs: ranks per expert replica (DeepSpeed-Ulysses all-to-all attention over one gloo/NCCL "
+        "group of Ray actors); must divide the video DiT's attention heads."))
 
 
 # -- the job ------------------------------------------------------------------------
@@ -352,12 +355,44 @@ class JobSpecBody(Base):
             pass  # captions are made from class names for these sources
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
+        self._check_video()
         for i, isl in enumerate(self.islands.islands):
             bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
             if bad:
                 raise FieldError(f"islands.islands.{i}.experts", f"island {isl.name!r} lists experts {bad}, but there are "
                                  f"{self.num_experts} (ids 0..{self.num_experts - 1})")
         return self
+
+    @property
+    def is_video(self) -> bool:
+        """True for video experts (a ``VDiT-*`` model on moving-clips data)."""
+        return self.experts.model.startswith("VDiT-")
+
+    def _check_video(self) -> None:
+        clips = self.data.source.type == "moving-clips"
+        if self.is_video and not clips:
+            raise FieldError("experts.model", f"experts.model {self.experts.model} is a video DiT but "
+                             f"data.source.type is {self.data.source.type!r}; use data.source.type: moving-clips, "
+                             "or an image size such as DiT-XS/2")
+        if clips and not self.is_video:
+            raise FieldError("experts.model", f"data.source.type moving-clips needs a video DiT, got "
+                             f"experts.model {self.experts.model}; use e.g. VDiT-XXS/4")
+        if self.is_video and self.experts.conditioning == "text":
+            raise FieldError("experts.conditioning", "video experts support conditioning: class or none, not text")
+        if self.serve.sequence_parallel > 1 and not self.is_video:
+            raise FieldError("serve.sequenceParallel", f"serve.sequenceParallel ({self.serve.sequence_parallel}) "
+                             "is for video experts (VDiT-*); image experts run on one rank: remove it or set 1")
+        if self.serve.sequence_parallel > 1:
+            try:
+                from atoll.models.video_dit import VDIT_SIZES
+            except ImportError:  # validation without torch installed
+                return
+            heads = VDIT_SIZES.get(self.experts.model, {}).get("num_heads")  # unknown sizes: the loader says
+            if heads and heads % self.serve.sequence_parallel:
+                ok = [n for n in range(1, heads + 1) if heads % n == 0]
+                raise FieldError("serve.sequenceParallel", f"serve.sequenceParallel ({self.serve.sequence_parallel}) "
+                                 f"must divide the {heads} attention heads of {self.experts.model} (Ulysses "
+                                 f"splits heads over ranks); use one of {ok}")
 
     @property
     def num_experts(self) -> int:

@@ -161,6 +161,10 @@ class RouterTask(Task):
             labels.append(torch.full((len(arr.images),), k, dtype=torch.long))
             classes.append(torch.from_numpy(np.asarray(arr.labels, dtype=np.int64)))
         self.images, self.labels = torch.cat(imgs), torch.cat(labels)
+        if self.job.spec.is_video:  # stored frame strips -> clips [N, C, T, H, W]; the router sees frame means
+            from atoll.data.sources.moving_clips import clips_tensor
+
+            self.images = torch.from_numpy(clips_tensor(self.images.numpy()))
         self.num_classes = 0
         if self.job.spec.experts.conditioning == "class":  # route on the class too: p(k | x_t, y)
             data = run.manifest("data") or {}
@@ -170,7 +174,7 @@ class RouterTask(Task):
     def model_config(self):
         from atoll.models.router import RouterConfig
 
-        _, c, h, _ = self.images.shape
+        c, h = self.images.shape[1], self.images.shape[-1]  # images [N, C, H, W] or clips [N, C, T, H, W]
         return RouterConfig(size=self.job.spec.router.model, input_size=h, in_channels=c,
                             num_experts=self.job.spec.partition.k, num_classes=self.num_classes)
 
@@ -193,7 +197,7 @@ def noised(x0: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None
     if t is None:
         t = torch.rand(n, generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
-    tt = t.view(-1, 1, 1, 1).to(x0.device)
+    tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.device)  # images or clips
     return (1 - tt) * x0 + tt * eps.to(x0.device), t.to(x0.device)
 
 

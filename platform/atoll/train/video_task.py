@@ -39,7 +39,10 @@ class VideoExpertTask(ExpertTask):
 
         _, c, frames, h, _ = self.images.shape
         ex = self.job.spec.experts
+        from atoll.models.video_dit import VDIT_SIZES
+
         return VideoDiTConfig(size=ex.model, input_size=h, frames=frames, in_channels=c,
+                              temporal_patch=VDIT_SIZES[ex.model].get("temporal_patch", 1),
                               num_classes=self.num_classes if ex.conditioning == "class" else 0)
 
     def loss(self, model, batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
