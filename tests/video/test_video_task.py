@@ -1,8 +1,4 @@
-"""VideoExpertTask on moving-clips shards: batches are [b, C, T, H, W], the loss trains a VideoDiT.
-
-The job spec does not accept VDiT sizes yet (spec loader), so the test swaps the model
-name into an image job after validation.
-"""
+"""VideoExpertTask on moving-clips shards: batches are [b, C, T, H, W], the loss trains a VideoDiT."""
 import textwrap
 
 import torch
@@ -26,11 +22,10 @@ def _job(store: str):
           data: {{source: {{type: moving-clips, images: digits, numClips: 24, frames: 4, size: 16}}}}
           partition: {{k: 2, fineClusters: 8}}
           experts:
-            model: DiT-XXS/2
+            model: VDiT-XS/2
             training: {{steps: 8, batchSize: 8, lr: 0.003}}
         """))
-    experts = job.spec.experts.model_copy(update={"model": "VDiT-XS/2"})
-    return job.model_copy(update={"spec": job.spec.model_copy(update={"experts": experts})})
+    return job
 
 
 def test_video_expert_task_trains(tmp_path):

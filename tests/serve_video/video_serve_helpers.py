@@ -1,0 +1,64 @@
+"""A tiny untrained K=2 VIDEO run (perturbed VDiT-XXS/4 experts + a class-conditional router) in a file store.
+
+No Ray here. adaLN-Zero initialises the experts to an exactly zero velocity, so every parameter
+gets seeded noise: without it the served and the library videos would agree whatever the code did.
+"""
+from __future__ import annotations
+
+import textwrap
+
+import torch
+
+from atoll.models.checkpoint import save_pretrained
+from atoll.models.router import RouterConfig
+from atoll.models.video_dit import VDIT_SIZES, VideoDiTConfig
+from atoll.spec import loads
+from atoll.store import open_store
+
+SIZE = "VDiT-XXS/4"
+FRAMES, SIDE, CHANNELS = 4, 16, 1
+CLASS_NAMES = [f"digit-{i}" for i in range(10)]
+
+
+def perturbed(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
+def video_job(store: str, name: str, k: int = 2, serve: str = ""):
+    return loads(textwrap.dedent(f"""
+        apiVersion: atoll/v1
+        kind: Job
+        metadata: {{name: {name}}}
+        spec:
+          store: {{uri: "{store}"}}
+          data: {{source: {{type: moving-clips, images: digits, numClips: 64, frames: {FRAMES}, size: {SIDE}}}}}
+          partition: {{k: {k}, fineClusters: 16}}
+          experts: {{model: {SIZE}}}
+          router: {{model: Router-XS}}
+        """) + textwrap.indent(textwrap.dedent(serve), "  "))
+
+
+def expert_config() -> VideoDiTConfig:
+    return VideoDiTConfig(SIZE, input_size=SIDE, frames=FRAMES, in_channels=CHANNELS, num_classes=len(CLASS_NAMES),
+                          temporal_patch=VDIT_SIZES[SIZE].get("temporal_patch", 1))
+
+
+def save_video_run(root: str, name: str, k: int = 2, *, serve: str = "") -> tuple[object, object]:
+    """Writes ``<root>/<name>/`` in the run layout (job.json, data + partition manifests, experts, router)."""
+    job = video_job(root, name, k, serve)
+    run = open_store(root).sub(name)
+    run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
+    run.commit("data", {"count": 64, "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES, "shards": []})
+    run.commit("partition", {"k": k, "cluster_sizes": [40, 24] + [0] * (k - 2)})
+    for i in range(k):
+        save_pretrained(perturbed(expert_config().build(), 10 + i, 0.05), run, f"experts/{i:03d}/model")
+        run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
+    router = RouterConfig(size="Router-XS", input_size=SIDE, in_channels=CHANNELS, num_experts=k,
+                          num_classes=len(CLASS_NAMES)).build()
+    save_pretrained(perturbed(router, 100, 0.05), run, "router/model")
+    run.commit("router", {"name": "router"})
+    return job, run
