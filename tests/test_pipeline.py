@@ -76,3 +76,18 @@ def test_cli_status_and_bad_stage_name(finished):
     assert r.exit_code == 0 and "complete" in r.output
     with pytest.raises(pipeline.PipelineError, match="not a stage"):
         pipeline.run(loads(path.read_text()), until="experts-and-more")
+
+
+def test_changed_training_settings_are_not_silently_reused(finished):
+    """A trained expert is reused only for the settings it was trained with; log/checkpoint cadence may change."""
+    from atoll.islands.plan import TrainedWithOtherSpec
+
+    _, path, _ = finished
+    text = path.read_text()
+    cadence = loads(text.replace("checkpointEvery: 4, logEvery: 2}\n    scaling: {cpusPerWorker: 0.5}\n  router",
+                                 "checkpointEvery: 2, logEvery: 1}\n    scaling: {cpusPerWorker: 0.5}\n  router", 1))
+    assert cadence.spec.experts.training.log_every == 1
+    assert [r.status for r in pipeline.run(cadence, until="router")] == ["skipped"] * 4
+    longer = loads(text.replace("training: {steps: 8, batchSize: 32", "training: {steps: 12, batchSize: 32", 1))
+    with pytest.raises(TrainedWithOtherSpec, match=r"expert-000 .*--from experts"):
+        pipeline.run(longer)

@@ -8,7 +8,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from atoll.spec import SpecError
     from atoll.store import StoreError
 
-    errs: list[type[BaseException]] = [SpecError, StoreError, PipelineError, IslandsFailed, FileNotFoundError]
+    from atoll.islands.plan import TrainedWithOtherSpec
+
+    errs: list[type[BaseException]] = [SpecError, StoreError, PipelineError, IslandsFailed, FileNotFoundError,
+                                       TrainedWithOtherSpec]
     from atoll.data.errors import DataError
     from atoll.k8s.errors import KubernetesError
 

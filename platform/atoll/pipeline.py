@@ -59,6 +59,14 @@ def stage_prefixes(job: JobSpec, stage: str) -> list[str]:
 
 
 def is_complete(run: Store, job: JobSpec, stage: str) -> bool:
+    """Every artifact of the stage is committed. Trained experts / router must also come from this job's
+    settings (``plan.is_done`` raises ``TrainedWithOtherSpec`` naming the fix otherwise)."""
+    if stage in ("experts", "router"):
+        from atoll.islands.plan import expert_units, is_done, router_unit
+
+        units = expert_units(job) if stage == "experts" else ([] if job.spec.experts.mode == "monolith"
+                                                              else [router_unit()])
+        return all([is_done(run, u, job) for u in units])
     return all(run.manifest(p) is not None for p in stage_prefixes(job, stage))
 
 

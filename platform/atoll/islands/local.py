@@ -76,7 +76,7 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
     out = Outcome()
     todo = []
     for u in units:
-        if is_done(run, u):
+        if is_done(run, u, job):
             out.skipped.append(u.name)
         else:
             todo.append(u)

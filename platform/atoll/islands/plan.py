@@ -40,5 +40,37 @@ def loop_config(job: JobSpec, unit: Unit, run: Store, s3: S3Config | None, attem
             "cpus_per_worker": scaling_of(job, unit).cpus_per_worker}
 
 
-def is_done(run: Store, unit: Unit) -> bool:
-    return run.manifest(unit.prefix) is not None
+# Settings that do not change the trained weights (a resume may change them freely).
+_BOOKKEEPING = {"log_every", "checkpoint_every", "snapshot_every"}
+
+
+def training_fingerprint(job: JobSpec, unit: Unit) -> str:
+    """A hash of everything that determines a unit's weights: data, partition, its model and training
+    settings (not its scaling, logging or checkpoint cadence)."""
+    from atoll.data.stage import spec_hash
+
+    s = job.spec
+    section = s.router if unit.role == "router" else s.experts
+    body = section.model_dump(mode="json", exclude={"scaling", "recipe"})
+    body["training"] = {k: v for k, v in body["training"].items() if k not in _BOOKKEEPING}
+    extra = {"experts": {"model": s.experts.model, "conditioning": s.experts.conditioning}} if unit.role == "router" else {}
+    return spec_hash({"data": s.data.model_dump(mode="json"), "partition": s.partition.model_dump(mode="json"),
+                      "unit": body, **extra})
+
+
+class TrainedWithOtherSpec(ValueError):
+    """A unit is committed, but it was trained from a different spec than the one given now."""
+
+
+def is_done(run: Store, unit: Unit, job: JobSpec | None = None) -> bool:
+    """Whether ``unit`` is trained and committed. With ``job``: a unit trained from different settings
+    raises ``TrainedWithOtherSpec`` (naming the fix) instead of being silently reused."""
+    m = run.manifest(unit.prefix)
+    if m is None:
+        return False
+    if job is not None and m.get("fingerprint") and m["fingerprint"] != training_fingerprint(job, unit):
+        raise TrainedWithOtherSpec(
+            f"{unit.name} at {run.url(unit.prefix)} was trained from different data/partition/{unit.role} settings "
+            f"than this job's (training steps, batch, lr, model ...); retrain with `atoll run JOB.yaml --from "
+            f"{'router' if unit.role == 'router' else 'experts'}`, or give the job a new metadata.name")
+    return True

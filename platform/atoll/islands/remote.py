@@ -134,7 +134,7 @@ class RayIslands:
         for u in units:
             st = self.state.unit(u.name)
             self.retries[u.name] = 0
-            if is_done(self.run_store, u):
+            if is_done(self.run_store, u, self.job):
                 if st.status != DONE:
                     st.status, st.finished_at = DONE, st.finished_at or now()
                 continue

@@ -6,6 +6,9 @@ Graph (``.bind()``)::
                              --handles--> Expert-000, Expert-001, ...  (one deployment per expert)
 
 Every deployment gets its replicas / autoscaling / resources / batching from ``spec.serve``.
+Video runs with ``serve.sequenceParallel: N > 1``: each expert replica owns N rank actors
+(``rank_group.py``) that split every forward over their tokens (GPUs, when ``numGpus > 0``, go to
+the ranks, one each, not to the replica).
 ``app_builder(args)`` is the same builder for ``serve run`` / ``serve deploy`` / KubeRay RayService
 (``import_path: atoll.serve.app:app_builder``, ``args: {run_uri, spec}``); ``serve_config``
 writes that config file.
@@ -16,17 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from atoll.serve.ingress import IngressOptions
-from atoll.serve.runinfo import RunSource, deployment_name, run_facts
+from atoll.serve.rank_group import DEFAULT_RANK_CPUS
+from atoll.serve.runinfo import RunSource, deployment_name, expert_heads, run_facts
 from atoll.serve.schema import Limits
 from atoll.spec.models import DeploymentSpec, ServeSpec
 
 ROUTER_NAME = "Router"
+#: logical CPUs of each sequence-parallel rank actor (a GPU rank gets 1 GPU besides)
+RANK_CPUS = DEFAULT_RANK_CPUS
 INGRESS_NAME = "Ingress"
 
 
-def deployment_options(d: DeploymentSpec) -> dict:
-    """``.options(...)`` of a model deployment from its spec (``num_replicas: auto`` -> autoscaling)."""
-    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+def deployment_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
+    """``.options(...)`` of a model deployment from its spec (``num_replicas: auto`` -> autoscaling).
+
+    ``sequence_parallel > 1``: the replica's rank actors take the GPUs, the replica asks for none.
+    """
+    gpus = 0.0 if sequence_parallel > 1 else d.num_gpus
+    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": gpus},
                             "max_ongoing_requests": max(4 * d.max_batch_size, 16)}
     if d.num_replicas == "auto":
         opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
@@ -72,16 +82,34 @@ def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
     from atoll.serve.ingress import make_ingress
 
     source, spec = resolve_target(target, serve_spec, s3)
-    facts = run_facts(source.open())
+    store = source.open()
+    facts = run_facts(store)
+    sp = sequence_parallel_degree(spec, facts.is_video, expert_heads(store, 0))
     r, e = spec.router, spec.experts
     router = serve.deployment(RouterModel, name=ROUTER_NAME, **deployment_options(r)).bind(
         source, facts.num_experts, r.max_batch_size, r.batch_wait_timeout_s)
-    experts = [serve.deployment(ExpertModel, name=deployment_name(k), **deployment_options(e)).bind(
-        source, k, e.max_batch_size, e.batch_wait_timeout_s) for k in range(facts.num_experts)]
+    rank_gpus = 1.0 if e.num_gpus > 0 else 0.0
+    experts = [serve.deployment(ExpertModel, name=deployment_name(k), **deployment_options(e, sp)).bind(
+        source, k, e.max_batch_size, e.batch_wait_timeout_s, sp, RANK_CPUS, rank_gpus)
+        for k in range(facts.num_experts)]
     ingress = serve.deployment(make_ingress(), name=INGRESS_NAME, max_ongoing_requests=256,
                                ray_actor_options={"num_cpus": 0.1})
     limits = Limits(spec.max_samples, spec.max_steps, min(spec.default_steps, spec.max_steps))
-    return ingress.bind(source, router, experts, limits, options or IngressOptions())
+    return ingress.bind(source, router, experts, limits, options or IngressOptions(), sp)
+
+
+def sequence_parallel_degree(spec: ServeSpec, is_video: bool, num_heads: int) -> int:
+    """``serve.sequenceParallel`` checked against the run: video experts only, and it must divide the heads
+    (``ParallelConfigError`` / ``ValueError`` naming the field, before any replica starts)."""
+    n = int(spec.sequence_parallel)
+    if n > 1 and not is_video:
+        raise ValueError(f"serve.sequenceParallel = {n} is for video runs (VDiT experts); this run generates "
+                         "images on one rank per replica: set serve.sequenceParallel: 1")
+    if n > 1:
+        from atoll.serve.rank_group import check_degree
+
+        check_degree(num_heads, n)
+    return n
 
 
 def app_builder(args: dict) -> Any:
@@ -110,18 +138,19 @@ def app_builder(args: dict) -> Any:
 
 
 def serve_config(run_uri: str | None, spec_path: str | None, spec: ServeSpec, num_experts: int,
-                 name: str = "atoll") -> dict:
+                 name: str = "atoll", video: bool = False) -> dict:
     """A Serve config file (``serve deploy`` / RayService ``serveConfigV2``) for this app."""
+    sp = spec.sequence_parallel if video else 1
     deps = [dict(name=ROUTER_NAME, **_config_options(spec.router))]
-    deps += [dict(name=deployment_name(k), **_config_options(spec.experts)) for k in range(num_experts)]
+    deps += [dict(name=deployment_name(k), **_config_options(spec.experts, sp)) for k in range(num_experts)]
     args = {k: v for k, v in {"run_uri": run_uri, "spec": spec_path}.items() if v}
     return {"http_options": {"host": spec.host, "port": spec.port},
             "applications": [{"name": name, "import_path": "atoll.serve.app:app_builder",
                               "route_prefix": spec.route_prefix, "args": args, "deployments": deps}]}
 
 
-def _config_options(d: DeploymentSpec) -> dict:
-    opts = deployment_options(d)
+def _config_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
+    opts = deployment_options(d, sequence_parallel)
     if d.num_replicas == "auto":
         opts["num_replicas"] = "auto"
     return opts

@@ -17,7 +17,7 @@ def serve_command(target: str, *, port: int | None, config_out: Path | None, run
     if config_out is not None:
         is_yaml = target.endswith((".yaml", ".yml"))
         doc = serve_config(run_uri or (None if is_yaml else source.uri), target if is_yaml else None, spec,
-                           facts.num_experts)
+                           facts.num_experts, video=facts.is_video)
         config_out.write_text(yaml.safe_dump(doc, sort_keys=False))
         console().print(f"wrote {config_out}: `serve deploy {config_out}` (or a RayService's serveConfigV2)")
         return

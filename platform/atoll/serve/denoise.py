@@ -50,7 +50,7 @@ class Health:
 
 @dataclass
 class Outcome:
-    images: torch.Tensor                       # float [N, C, H, W] in model space
+    images: torch.Tensor                       # float [N, C, H, W] (video: [N, C, T, H, W]) in model space
     expert_rows: list[int]                     # rows each expert evaluated (over all steps)
     experts_per_step: list[list[int]]          # experts that got rows at each step
     degraded: set[int] = field(default_factory=set)
@@ -101,10 +101,11 @@ async def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, gui
     raise NoHealthyExpert(f"experts {sorted(out.degraded)} failed; retry in a few seconds")
 
 
-async def denoise(shape: tuple[int, int, int], n: int, label: int | None, *, steps: int, guidance: float,
+async def denoise(shape: tuple[int, ...], n: int, label: int | None, *, steps: int, guidance: float,
                   seed: int, strategy: str, num_experts: int, route: RouteFn, expert: ExpertFn,
                   health: Health) -> Outcome:
-    """Samples ``n`` images from noise seeded by ``(seed, i)``; returns them in model space ``[-1, 1]``."""
+    """Samples ``n`` images (``shape`` ``(C, H, W)``) or clips (``(C, T, H, W)``) from noise seeded by
+    ``(seed, i)``; returns them in model space ``[-1, 1]``."""
     x = initial_noise(shape, seed, range(n))
     y = None if label is None else torch.full((n,), label, dtype=torch.long)
     out = Outcome(images=x, expert_rows=[0] * num_experts, experts_per_step=[])

@@ -3,6 +3,8 @@ Router and Expert deployments' handles.
 
 Routes: ``POST /v1/generate``, ``GET /v1/experts``, ``GET /healthz``; OpenAPI at ``/docs``
 and ``/openapi.json``. Errors are JSON ``{"error": {"field", "message", "limit"?}}``.
+Image runs answer PNG (or JSON with base64 PNGs); video runs answer an animated GIF, a PNG
+frame strip, or JSON with base64 GIFs.
 """
 # no `from __future__ import annotations`: FastAPI must see the real GenerateRequest type
 
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from atoll.sampling.grid import grid_array, png_bytes, to_uint8
+from atoll.sampling.video_io import VIDEO_MEDIA_TYPES, encode_video
 from atoll.serve.denoise import Health, NoHealthyExpert, denoise
 from atoll.serve.runinfo import RunSource, deployment_name, expert_name, experts_summary, run_facts
 from atoll.serve.schema import GenerateRequest, Limits, RequestError, resolve, validation_error_body
@@ -36,6 +39,7 @@ class IngressOptions:
     expert_timeout_s: float = 30.0
     retry_after_s: float = 2.0
     health_poll_s: float = 0.5
+    video_fps: float = 6.0
 
 
 def _png(images, scale: int) -> bytes:
@@ -43,6 +47,13 @@ def _png(images, scale: int) -> bytes:
     if images.shape[0] == 1:
         return png_bytes(images[0].numpy().transpose(1, 2, 0), scale)
     return png_bytes(grid_array(images, nrow=math.ceil(math.sqrt(images.shape[0]))), scale)
+
+
+def _video(videos, fmt: str, scale: int, fps: float) -> bytes:
+    """uint8 ``[B, C, T, H, W]`` -> one GIF (clips side by side, a grid of ceil(sqrt(B)) per row for
+    B > 2) or the PNG frame strip (a row per clip)."""
+    a = videos.numpy()
+    return encode_video(a, fmt, nrow=math.ceil(math.sqrt(a.shape[0])), fps=fps, scale=scale)
 
 
 def build_api() -> FastAPI:
@@ -81,9 +92,10 @@ def make_ingress():
     @serve.ingress(api)
     class Ingress:
         def __init__(self, source: RunSource, router, experts: list, limits: Limits,
-                     options: IngressOptions = IngressOptions()):
+                     options: IngressOptions = IngressOptions(), sequence_parallel: int = 1):
             store = source.open()
             self.facts = run_facts(store)
+            self.sequence_parallel = sequence_parallel
             self.summary = experts_summary(store, self.facts)
             self.router, self.experts, self.limits, self.options = router, list(experts), limits, options
             self.health = Health(self.facts.num_experts, options.retry_after_s)
@@ -120,9 +132,11 @@ def make_ingress():
                                           self.options.expert_timeout_s)
 
         # -- routes ------------------------------------------------------------
-        @api.post("/v1/generate", responses={200: {"content": {"image/png": {}}}})
+        @api.post("/v1/generate", responses={200: {"content": {"image/png": {}, "image/gif": {}}}})
         async def generate(self, body: GenerateRequest):
-            """Generates ``n`` images; ``format=png`` gives image/png (a grid for n > 1), ``json`` base64 PNGs."""
+            """Generates ``n`` images (``format=png``: image/png, a grid for n > 1; ``json``: base64 PNGs) or,
+            for a video run, ``n`` clips (``gif``: one animated image/gif; ``png``: the frame strip;
+            ``json``: base64 GIFs)."""
             self._ensure_poller()
             r = resolve(body, self.limits, self.facts)
             t0 = time.perf_counter()
@@ -134,11 +148,22 @@ def make_ingress():
             headers = {"X-Atoll-Seed": str(r.seed), "X-Atoll-Wall-S": f"{wall:.4f}"}
             if out.degraded:
                 headers[DEGRADED_HEADER] = ",".join(expert_name(k) for k in sorted(out.degraded))
-            if r.format == "png":
+            if self.facts.is_video:
+                fps = self.options.video_fps
+                if r.format in VIDEO_MEDIA_TYPES:
+                    return Response(_video(images, r.format, r.scale, fps), media_type=VIDEO_MEDIA_TYPES[r.format],
+                                    headers=headers)
+                media = {"videos": [base64.b64encode(_video(images[i:i + 1], "gif", r.scale, fps)).decode()
+                                    for i in range(r.n)],
+                         "format": "gif", "frames": self.facts.frames, "fps": fps,
+                         "sequence_parallel": self.sequence_parallel}
+            elif r.format == "png":
                 return Response(_png(images, r.scale), media_type="image/png", headers=headers)
+            else:
+                media = {"images": [base64.b64encode(_png(images[i:i + 1], r.scale)).decode() for i in range(r.n)],
+                         "format": "png"}
             return JSONResponse({
-                "images": [base64.b64encode(_png(images[i:i + 1], r.scale)).decode() for i in range(r.n)],
-                "format": "png", "n": r.n, "seed": r.seed, "steps": r.steps, "strategy": r.strategy,
+                **media, "n": r.n, "seed": r.seed, "steps": r.steps, "strategy": r.strategy,
                 "guidance": r.guidance, "class": r.label, "size": self.facts.image_shape[-1],
                 "experts": {"rows": {expert_name(k): c for k, c in enumerate(out.expert_rows)},
                             "per_step": out.experts_per_step,
@@ -146,16 +171,26 @@ def make_ingress():
                 "timings": {"wall_s": round(wall, 5), "router_s": round(out.router_s, 5),
                             "experts_s": round(out.experts_s, 5)}}, headers=headers)
 
+        async def _describe(self, k: int):
+            try:
+                return await asyncio.wait_for(self.experts[k].describe.remote(), self.options.expert_timeout_s)
+            except Exception as e:  # a replica down or restarting
+                log.warning("describe of expert %d failed: %s", k, e)
+                return None
+
         @api.get("/v1/experts")
         async def experts(self):
-            """The experts: partition sizes, top labels, running replicas and health."""
+            """The experts: partition sizes, top labels, running replicas, health and (per replica asked)
+            the parallel layout (sequence-parallel degree, the ranks' world size and processes)."""
             self._ensure_poller()
             healthy = set(self.health.healthy())
-            rows = [dict(e, healthy=e["id"] in healthy, running_replicas=self._running.get(e["deployment"]))
-                    for e in self.summary]
+            layouts = await asyncio.gather(*[self._describe(k) for k in range(self.facts.num_experts)])
+            rows = [dict(e, healthy=e["id"] in healthy, running_replicas=self._running.get(e["deployment"]),
+                         parallel=layouts[i]) for i, e in enumerate(self.summary)]
             return {"num_experts": self.facts.num_experts, "num_classes": self.facts.num_classes,
                     "class_names": list(self.facts.class_names), "image_shape": list(self.facts.image_shape),
-                    "experts": rows}
+                    "video": self.facts.is_video, "frames": self.facts.frames or None,
+                    "sequence_parallel": self.sequence_parallel, "experts": rows}
 
         @api.get("/healthz")
         async def healthz(self):

@@ -18,8 +18,12 @@ def _replicas(d: DeploymentSpec) -> int:
 
 
 def cpus_needed(spec: ServeSpec, num_experts: int) -> int:
-    """Logical CPUs the app's initial replicas reserve (+1 for the ingress and the proxy)."""
-    total = _replicas(spec.router) * spec.router.num_cpus + num_experts * _replicas(spec.experts) * spec.experts.num_cpus
+    """Logical CPUs the app's initial replicas reserve (+1 for the ingress and the proxy), with the
+    sequence-parallel rank actors of every expert replica when ``serve.sequenceParallel > 1``."""
+    from atoll.serve.rank_group import DEFAULT_RANK_CPUS as RANK_CPUS
+
+    per_expert = spec.experts.num_cpus + (spec.sequence_parallel * RANK_CPUS if spec.sequence_parallel > 1 else 0)
+    total = _replicas(spec.router) * spec.router.num_cpus + num_experts * _replicas(spec.experts) * per_expert
     return math.ceil(total + 1)
 
 

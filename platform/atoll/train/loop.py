@@ -100,7 +100,10 @@ def train_island(cfg: dict) -> None:
                 log.checkpoint(done)
             raytrain.report(last_metrics)  # a barrier: kept to checkpoint steps, progress goes to the store
 
-    _finish(engine, ema, task, island, run, rank, world, log, dtype, device)
+    from atoll.islands.plan import Unit, training_fingerprint
+
+    fingerprint = training_fingerprint(job, Unit(cfg["role"], cfg.get("expert"), cfg["prefix"]))
+    _finish(engine, ema, task, island, run, rank, world, log, dtype, device, fingerprint)
 
 
 def _save_checkpoint(engine, ema, island: Store, scratch, step: int, rank: int, world: int, stage: int) -> None:
@@ -128,7 +131,7 @@ def _save_snapshot(engine, ema, task: Task, island: Store, step: int, rank: int,
 
 
 def _finish(engine, ema, task: Task, island: Store, run: Store, rank: int, world: int, log: IslandLog,
-            dtype, device) -> None:
+            dtype, device, fingerprint: str) -> None:
     from atoll.models.checkpoint import save_pretrained
 
     weights = dse.full_state_dict(engine, task.training.zero_stage)
@@ -147,6 +150,7 @@ def _finish(engine, ema, task: Task, island: Store, run: Store, rank: int, world
                 blind = router_accuracy(ema_model.eval(), task, with_class=False)
                 log.extra["accuracy_vs_t_no_class"] = extra["accuracy_vs_t_no_class"] = blind
         save_pretrained(model, island, "model", ema=ema if task.training.ema_decay > 0 else None, extra=extra)
+        log.extra["fingerprint"] = fingerprint
         log.finish(model_config=task.model_config())
     if world > 1:
         dist.barrier()
