@@ -117,3 +117,20 @@ def test_video_job_runs_end_to_end(tmp_path, ray_local):
     assert ens.is_video and ens.image_shape == (1, 4, 16, 16)
     out = ens.sample(2, class_labels=[3, 5], strategy="top1", steps=2, guidance=2.0, seed=1)
     assert tuple(out.images.shape) == (2, 1, 4, 16, 16) and out.images.dtype == torch.uint8
+
+
+def test_clip_stills_recover_the_moving_object():
+    """The classifier's still of a clip is its object, centred and upsampled to 28x28, wherever it moved."""
+    from atoll.data.sources.moving_clips import MovingClips, clips_tensor
+    from atoll.sampling.evaluate import clip_stills
+
+    src = MovingClips("digits", "", num_clips=6, frames=6, size=32, seed=3)
+    imgs = np.stack([s["image"] for s in src.read(0, 6)]).transpose(0, 3, 1, 2)
+    stills = clip_stills(torch.from_numpy(clips_tensor(imgs)))
+    assert tuple(stills.shape) == (6, 1, 28, 28) and stills.dtype == torch.uint8
+    for s in stills.float():
+        mass = s[0] / s[0].sum()
+        cy = float((mass.sum(1) * torch.arange(28)).sum())
+        cx = float((mass.sum(0) * torch.arange(28)).sum())
+        assert abs(cy - 13.5) < 2.5 and abs(cx - 13.5) < 2.5  # centred, not smeared along the track
+        assert s.max() > 100  # the object is there

@@ -36,3 +36,26 @@ def class_accuracy(run: Store, images: torch.Tensor, labels: torch.Tensor | None
         console().print(f"[yellow]warning:[/yellow] sample classifier failed ({type(e).__name__}: {e}); "
                         "accuracy left out of samples/manifest.json")
         return None
+
+
+def clip_stills(clips: torch.Tensor) -> torch.Tensor:
+    """Moving-clips videos uint8 ``[N, 1, T, S, S]`` -> one 28x28 still per clip for the image classifier:
+    the object-centred frame mean (``data.features.pool_clips``), its central ``S/2`` object window
+    (moving-clips objects are ``S // 2`` px) upsampled to 28x28."""
+    import numpy as np
+
+    from atoll.data.features import pool_clips
+
+    n, c, t, h, w = clips.shape
+    pooled = pool_clips(clips.cpu().numpy().reshape(n, c, t * h, w))  # frames tiled vertically, as stored
+    lo, hi = h // 4, h - h // 4
+    x = torch.from_numpy(np.ascontiguousarray(pooled[:, :, lo:hi, lo:hi])).float() / 127.5 - 1
+    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def clip_class_accuracy(run: Store, clips: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+    """The reference classifier's accuracy on the stills of Fashion-MNIST moving clips (``clip_stills``), or None."""
+    if labels is None or clips.dim() != 5 or clips.shape[1] != 1:
+        return None
+    return class_accuracy(run, clip_stills(clips), labels)

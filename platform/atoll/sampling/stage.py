@@ -8,7 +8,8 @@ Writes under ``run/samples/``:
   ``.png`` is a frame strip instead (a row per clip, a column per frame);
 * ``trace.png``        routing over time for a few samples (top1 if asked for, else the first strategy);
 * ``manifest.json``    last: per strategy seconds and GFLOPs per image (and class accuracy
-  when ``atoll.eval`` provides a classifier), the files with sizes and hashes.
+  when ``atoll.eval`` provides a classifier; video: on each clip's object-centred still,
+  with the same score of real clips for reference), the files with sizes and hashes.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from atoll.progress import console, task
 from atoll.sampling.ensemble import Ensemble
-from atoll.sampling.evaluate import class_accuracy
+from atoll.sampling.evaluate import class_accuracy, clip_class_accuracy
 from atoll.sampling.grid import default_scale, grid_png, png_bytes
 from atoll.sampling.result import SampleResult
 from atoll.sampling.trace_plot import trace_png
@@ -114,7 +115,8 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
 
 def _entry(run: Store, res: SampleResult) -> dict:
     e = {"seconds_per_image": round(res.seconds_per_image, 5), "gflops_per_image": round(res.gflops_per_image, 4)}
-    acc = class_accuracy(run, res.images, res.labels)
+    video = res.images.dim() == 5
+    acc = clip_class_accuracy(run, res.images, res.labels) if video else class_accuracy(run, res.images, res.labels)
     if acc is not None:
         e["class_accuracy"] = round(acc, 4)
     if res.trace is not None:
@@ -131,8 +133,20 @@ def _manifest(job: JobSpec, ens: Ensemble, run: Store, results: dict[str, Sample
         "sampler": ss.sampler, "guidance": ss.guidance, "seed": ss.seed,
         "strategies": {s: _entry(run, results[s]) for s in strategies},
         "experts": {k: _entry(run, r) for k, r in results.items() if k.startswith("expert-")},
+        **({"real_clips_class_accuracy": _real_clips_accuracy(run)} if ens.is_video else {}),
         "files": files,
     }
+
+
+def _real_clips_accuracy(run: Store, n: int = 1000) -> float | None:
+    """The same clip classifier on up to ``n`` real clips of the run's data: the ceiling for the samples'."""
+    from atoll.data.readers import load_arrays
+    from atoll.data.sources.moving_clips import clips_tensor
+
+    arr = load_arrays(run, "data")
+    clips = torch.from_numpy(clips_tensor(arr.images[:n]))
+    acc = clip_class_accuracy(run, clips, torch.as_tensor(arr.labels[:n], dtype=torch.long))
+    return None if acc is None else round(acc, 4)
 
 
 def _print(manifest: dict) -> None:
@@ -147,3 +161,5 @@ def _print(manifest: dict) -> None:
             t.add_row(name, f"{e['seconds_per_image']:.4f}", f"{e['gflops_per_image']:.3f}",
                       "-" if acc is None else f"{acc:.3f}")
     console().print(t)
+    if manifest.get("real_clips_class_accuracy") is not None:
+        console().print(f"class acc. of real clips (same still classifier): {manifest['real_clips_class_accuracy']:.3f}")
