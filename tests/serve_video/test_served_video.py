@@ -139,7 +139,7 @@ def test_served_video_equals_the_library_sampler_exactly(client, library, strate
 @pytest.mark.parametrize("body,field,limit,words", [
     ({"frames": 8}, "frames", 4, ["frames = 8", "4-frame"]),
     ({"size": 32}, "size", 16, ["size = 32", "trained size 16"]),
-    ({"format": "mp4"}, "format", None, []),
+    ({"format": "mp4"}, "format", "'png', 'json' or 'gif'", ["'gif'"]),
 ])
 def test_wrong_frames_or_size_get_422_naming_the_field(client, body, field, limit, words):
     r = client.post("/v1/generate", json={**REQUEST, **body})
@@ -157,7 +157,8 @@ def _kill(rank_info: dict) -> None:
 
 def test_a_killed_rank_restarts_its_whole_group_and_the_video_is_the_same(client, library):
     want, _ = library["full"]
-    expected = np.stack([np.pad(want[:, 0, k], ((0, 0), (2, 2), (2, 2)), constant_values=255) for k in range(4)])
+    # [clip, frame, H + 4, W + 4]: each clip's GIF has the grid's 2-pixel white border
+    expected = np.pad(want[:, 0], ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=255)
     body = {**REQUEST, "strategy": "full", "format": "json"}  # both experts get every row
 
     def clips(resp) -> np.ndarray:
@@ -177,7 +178,9 @@ def test_a_killed_rank_restarts_its_whole_group_and_the_video_is_the_same(client
     assert not old & ({r["pid"] for r in g1["ranks"]} | {r["actor_id"] for r in g1["ranks"]})  # both ranks new
     assert after["Expert-001"]["generation"] == before["Expert-001"]["generation"]  # the other group untouched
 
-    # during requests: kill rank 0 of Expert-001 while two clients keep asking
+    # during requests: kill rank 0 of Expert-001 while a client keeps asking. One client only: concurrent
+    # requests share batched forwards (@serve.batch), whose float results may differ in the last bit
+    # from an unbatched forward (docs/serving.md), and this test compares videos exactly.
     results, stop = [], threading.Event()
 
     def traffic():
@@ -185,13 +188,14 @@ def test_a_killed_rank_restarts_its_whole_group_and_the_video_is_the_same(client
         while not stop.is_set() and time.monotonic() < deadline and len(results) < 50:
             results.append(client.post("/v1/generate", json=body))
 
-    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    threads = [threading.Thread(target=traffic)]
     for t in threads:
         t.start()
     time.sleep(0.5)
     _kill(after["Expert-001"]["ranks"][0])
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and _layouts(client)["Expert-001"]["restarts"] == after["Expert-001"]["restarts"]:
+    restarts = after["Expert-001"]["restarts"]
+    while time.monotonic() < deadline and (_layouts(client)["Expert-001"] or {}).get("restarts", restarts) == restarts:
         time.sleep(0.5)
     time.sleep(0.5)
     stop.set()

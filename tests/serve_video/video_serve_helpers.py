@@ -18,7 +18,15 @@ from atoll.store import open_store
 SIZE = "VDiT-XXS/4"
 FRAMES, SIDE, CHANNELS = 4, 16, 1
 CLASS_NAMES = [f"digit-{i}" for i in range(10)]
-ROUTER_SEED = 102  # with it, top1 sends the test request's rows to both experts
+ROUTER_SEED = 101  # with it, top1 sends the test request's rows to both experts
+
+
+def build(config, seed: int, scale: float) -> torch.nn.Module:
+    """``config.build()`` with a seeded init (the default init draws from torch's global RNG), then perturbed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = config.build()
+    return perturbed(model, seed, scale)
 
 
 def perturbed(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
@@ -56,10 +64,10 @@ def save_video_run(root: str, name: str, k: int = 2, *, serve: str = "") -> tupl
     run.commit("data", {"count": 64, "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES, "shards": []})
     run.commit("partition", {"k": k, "cluster_sizes": [40, 24] + [0] * (k - 2)})
     for i in range(k):
-        save_pretrained(perturbed(expert_config().build(), 10 + i, 0.05), run, f"experts/{i:03d}/model")
+        save_pretrained(build(expert_config(), 10 + i, 0.05), run, f"experts/{i:03d}/model")
         run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
     router = RouterConfig(size="Router-XS", input_size=SIDE, in_channels=CHANNELS, num_experts=k,
-                          num_classes=len(CLASS_NAMES)).build()
-    save_pretrained(perturbed(router, ROUTER_SEED, 0.05), run, "router/model")
+                          num_classes=len(CLASS_NAMES))
+    save_pretrained(build(router, ROUTER_SEED, 0.05), run, "router/model")
     run.commit("router", {"name": "router"})
     return job, run

@@ -173,7 +173,8 @@ def make_ingress():
 
         async def _describe(self, k: int):
             try:
-                return await asyncio.wait_for(self.experts[k].describe.remote(), self.options.expert_timeout_s)
+                return await asyncio.wait_for(self.experts[k].describe.remote(),
+                                              min(5.0, self.options.expert_timeout_s))
             except Exception as e:  # a replica down or restarting
                 log.warning("describe of expert %d failed: %s", k, e)
                 return None
