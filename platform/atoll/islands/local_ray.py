@@ -9,7 +9,13 @@ def launch(fn: Callable, *args, name: str = "") -> object:
     import ray
 
     task = ray.remote(num_cpus=0, max_retries=0)(_call)
-    return task.options(name=name or getattr(fn, "__name__", "island")).remote(fn, *args)
+    # Ray Train's helper actors (e.g. its PlacementGroupCleaner) query the state API without an
+    # address; with two local Ray instances on one machine (two drivers) that lookup is ambiguous and
+    # fails. RAY_ADDRESS pins them to this instance (env_vars merge with the job's runtime_env).
+    ctx = ray.get_runtime_context()
+    env = {**(ctx.runtime_env.get("env_vars") or {}), "RAY_ADDRESS": ctx.gcs_address}
+    return task.options(name=name or getattr(fn, "__name__", "island"),
+                        runtime_env={"env_vars": env}).remote(fn, *args)
 
 
 def _call(fn, *args):
