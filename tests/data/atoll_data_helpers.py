@@ -13,8 +13,10 @@ def job(name: str = "t", source: dict | None = None, **data_and_partition):
     data.update(data_and_partition.pop("data", {}))
     part = {"k": 4, "fineClusters": 64}
     part.update(data_and_partition.pop("partition", {}))
-    return parse({"apiVersion": "atoll/v1", "kind": "Job", "metadata": {"name": name},
-                  "spec": {"data": data, "partition": part}})
+    body = {"data": data, "partition": part}
+    if data["source"].get("type") == "moving-clips":  # clips need a video expert model
+        body["experts"] = {"model": "VDiT-XXS/4"}
+    return parse({"apiVersion": "atoll/v1", "kind": "Job", "metadata": {"name": name}, "spec": body})
 
 
 def make_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(10, 12)) -> Path:
