@@ -1,7 +1,7 @@
 """Validation of rendered manifests against real schemas, offline.
 
 - KubeRay kinds (RayJob, RayService, RayCluster): the ``openAPIV3Schema`` of the CRDs
-  in ../shared/kuberay-crds (kuberay commit feeaf72), with unknown fields rejected
+  in tests/k8s/kuberay-crds (kuberay commit feeaf72), with unknown fields rejected
   the way ``kubectl apply`` (server-side strict field validation) rejects them.
   CEL rules (``x-kubernetes-validations``) are not evaluated.
 - Core kinds (ConfigMap), and every embedded pod template as a ``v1 PodTemplate``:
@@ -19,7 +19,9 @@ import kubernetes_validate
 import yaml
 
 K8S_VERSION = "1.35.0"
-CRD_DIR = Path(os.environ.get("ATOLL_KUBERAY_CRDS", Path(__file__).resolve().parents[3] / "shared" / "kuberay-crds"))
+# The KubeRay CRDs ship with the tests (tests/k8s/kuberay-crds, copied unchanged from kuberay, see its README);
+# ATOLL_KUBERAY_CRDS points at another copy (e.g. a newer KubeRay release) to validate against.
+CRD_DIR = Path(os.environ.get("ATOLL_KUBERAY_CRDS", Path(__file__).resolve().parent / "kuberay-crds"))
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml",
              "RayCluster": "ray.io_rayclusters.yaml"}
 
@@ -41,7 +43,7 @@ def _strict(schema):
 def crd_schema(kind: str) -> dict:
     path = CRD_DIR / CRD_FILES[kind]
     if not path.is_file():
-        raise FileNotFoundError(f"KubeRay CRD {path} is missing; set ATOLL_KUBERAY_CRDS to the kuberay-crds folder")
+        raise FileNotFoundError(f"KubeRay CRD {path} is missing; restore tests/k8s/kuberay-crds from git or set ATOLL_KUBERAY_CRDS to a kuberay-crds folder")
     crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
