@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_runs import perturbed
 
 from atoll.models.checkpoint import from_pretrained, load_config, save_pretrained
 from atoll.models.dit import DiT, DiTConfig
@@ -12,11 +13,7 @@ from atoll.store import StoreError
 
 
 def _perturbed(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+    return perturbed(model, 0, 0.05)
 
 
 def test_dit_round_trip_with_ema(any_store):

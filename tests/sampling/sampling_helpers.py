@@ -8,23 +8,20 @@ import textwrap
 
 import torch
 
-from atoll.models.checkpoint import save_pretrained
+from tiny_runs import perturbed as _perturbed
+from tiny_runs import write_run
+
 from atoll.models.dit import DiTConfig
 from atoll.models.router import RouterConfig
 from atoll.spec import loads
-from atoll.store import open_store
 
 NUM_CLASSES = 4
 CLASS_NAMES = [f"c{i}" for i in range(NUM_CLASSES)]
 
 
 def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.03) -> torch.nn.Module:
-    """Adds noise to every weight (adaLN-Zero starts at a zero velocity, which would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model.eval()
+    """``tiny_runs.perturbed`` with this module's default scale."""
+    return _perturbed(model, seed, scale)
 
 
 def make_experts(k: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> list[torch.nn.Module]:
@@ -53,15 +50,8 @@ def job_yaml(store: str, name: str, k: int, mode: str = "ensemble", strategies: 
 def save_run(root: str, name: str, k: int, *, monolith: bool = False, router: bool = True) -> tuple[object, object]:
     """Writes ``<root>/<name>/`` like a trained run: job.json, data manifest, experts, router. Returns (job, run)."""
     job = job_yaml(root, name, k, mode="monolith" if monolith else "ensemble")
-    run = open_store(root).sub(name)
-    run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
-    run.commit("data", {"count": 0, "num_classes": NUM_CLASSES, "class_names": CLASS_NAMES, "shards": []})
-    for i, e in enumerate(make_experts(1 if monolith else k)):
-        save_pretrained(e, run, f"experts/{i:03d}/model")
-        run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
-    if router and not monolith:
-        save_pretrained(make_router(k), run, "router/model")
-        run.commit("router", {"name": "router"})
+    run = write_run(root, job, make_experts(1 if monolith else k), make_router(k) if router and not monolith else None,
+                    class_names=CLASS_NAMES)
     return job, run
 
 

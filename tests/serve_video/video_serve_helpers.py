@@ -8,12 +8,11 @@ from __future__ import annotations
 import textwrap
 
 import torch
+from tiny_runs import perturbed, write_run
 
-from atoll.models.checkpoint import save_pretrained
 from atoll.models.router import RouterConfig
 from atoll.models.video_dit import VDIT_SIZES, VideoDiTConfig
 from atoll.spec import loads
-from atoll.store import open_store
 
 SIZE = "VDiT-XXS/4"
 FRAMES, SIDE, CHANNELS = 4, 16, 1
@@ -27,14 +26,6 @@ def build(config, seed: int, scale: float) -> torch.nn.Module:
         torch.manual_seed(seed)
         model = config.build()
     return perturbed(model, seed, scale)
-
-
-def perturbed(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model.eval()
 
 
 def video_job(store: str, name: str, k: int = 2, serve: str = ""):
@@ -59,15 +50,9 @@ def expert_config() -> VideoDiTConfig:
 def save_video_run(root: str, name: str, k: int = 2, *, serve: str = "") -> tuple[object, object]:
     """Writes ``<root>/<name>/`` in the run layout (job.json, data + partition manifests, experts, router)."""
     job = video_job(root, name, k, serve)
-    run = open_store(root).sub(name)
-    run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
-    run.commit("data", {"count": 64, "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES, "shards": []})
-    run.commit("partition", {"k": k, "cluster_sizes": [40, 24] + [0] * (k - 2)})
-    for i in range(k):
-        save_pretrained(build(expert_config(), 10 + i, 0.05), run, f"experts/{i:03d}/model")
-        run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
+    experts = [build(expert_config(), 10 + i, 0.05) for i in range(k)]
     router = RouterConfig(size="Router-XS", input_size=SIDE, in_channels=CHANNELS, num_experts=k,
                           num_classes=len(CLASS_NAMES))
-    save_pretrained(build(router, ROUTER_SEED, 0.05), run, "router/model")
-    run.commit("router", {"name": "router"})
+    run = write_run(root, job, experts, build(router, ROUTER_SEED, 0.05), class_names=CLASS_NAMES, count=64,
+                    partition={"k": k, "cluster_sizes": [40, 24] + [0] * (k - 2)})
     return job, run

@@ -1,0 +1,39 @@
+"""Shared builders of tiny untrained runs for the tests (no Ray): perturbed models and the saved-run layout.
+
+Imported by the sampling, serve and video-serve test helpers. ``tests/`` is on ``sys.path`` because
+``tests/conftest.py`` lives there (pytest's rootdir conftest), so any test module can import it.
+"""
+from __future__ import annotations
+
+import torch
+
+from atoll.models.checkpoint import save_pretrained
+from atoll.store import open_store
+
+
+def perturbed(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    """Adds seeded noise to every weight (adaLN-Zero starts at a zero velocity, which would hide
+    differences between experts, or between a served and a library result)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
+def write_run(root: str, job, experts: list[torch.nn.Module], router: torch.nn.Module | None, *,
+              class_names: list[str], count: int = 0, partition: dict | None = None):
+    """Writes ``<root>/<job.name>/`` like a trained run: job.json, the data manifest (and a partition
+    manifest when given), ``experts/00k/model`` + their manifests, ``router/model``. Returns the run store."""
+    run = open_store(root).sub(job.name)
+    run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
+    run.commit("data", {"count": count, "num_classes": len(class_names), "class_names": class_names, "shards": []})
+    if partition is not None:
+        run.commit("partition", partition)
+    for i, e in enumerate(experts):
+        save_pretrained(e, run, f"experts/{i:03d}/model")
+        run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
+    if router is not None:
+        save_pretrained(router, run, "router/model")
+        run.commit("router", {"name": "router"})
+    return run
