@@ -24,12 +24,6 @@ os.environ.setdefault("ATOLL_QUIET", "1")
 S3_KEY, S3_SECRET = "atoll-test-key", "atoll-test-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -46,6 +40,8 @@ def s3_server():
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     if exe is None:
         pytest.fail("moto_server is not installed; run `make setup` (it is in the test extras)")
+    from atoll.parallel.groups import free_port
+
     port = free_port()
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

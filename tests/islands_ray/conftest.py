@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 
 import pytest
 
+from atoll.parallel.groups import free_port
 from ray_clusters import VENV_BIN, cleanup, start_cluster, wait_jobs_api
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cluster_env() -> dict[str, str]:

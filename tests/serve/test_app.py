@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+
+from atoll.parallel.groups import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +27,6 @@ serve:
   router: {numCpus: 0.25, maxBatchSize: 16, batchWaitTimeoutS: 0.005}
   experts: {numCpus: 0.25, maxBatchSize: 16, batchWaitTimeoutS: 0.005}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def served(tmp_path_factory, ray_local):
     root = str(tmp_path_factory.mktemp("served-store"))
     job, run = save_tiny_run(root, "served", 2, serve=SERVE)
     app = build_app(job, options=IngressOptions(expert_timeout_s=5, retry_after_s=1.0, health_poll_s=0.25))
-    url = runner.start(app, job.spec.serve, 2, port=_free_port())
+    url = runner.start(app, job.spec.serve, 2, port=free_port())
     try:
         yield {"url": url, "ens": Ensemble.from_pretrained(run.uri), "run": run}
     finally:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+
+from atoll.parallel.groups import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,6 @@ serve:
 REQUEST = {"n": 2, "class": 3, "steps": 3, "seed": 7, "guidance": 2.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, ray_local):
     from video_serve_helpers import save_video_run
@@ -49,7 +44,7 @@ def served(tmp_path_factory, ray_local):
     job, run = save_video_run(root, "clips", 2, serve=SERVE)
     # a group restart (new actors load torch + the expert) must fit in one expert call
     app = build_app(job, options=IngressOptions(expert_timeout_s=180, retry_after_s=1.0, health_poll_s=0.5))
-    url = runner.start(app, job.spec.serve, 2, port=_free_port())
+    url = runner.start(app, job.spec.serve, 2, port=free_port())
     try:
         yield {"url": url, "ens": Ensemble.from_pretrained(run.uri)}
     finally:
