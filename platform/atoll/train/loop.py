@@ -92,7 +92,7 @@ def train_island(cfg: dict) -> None:
             last_metrics = {"step": done, "loss": loss_avg, "samples_per_s": sps}
             loss_sum, n_loss, t_last, step_last = 0.0, 0, time.time(), done
         if tr.snapshot_every and done % tr.snapshot_every == 0 and done < tr.steps:
-            _save_snapshot(engine, ema, task, island, done, rank, tr.zero_stage)  # before the checkpoint: a
+            _save_snapshot(engine, ema, task, island, done, rank)  # before the checkpoint: a
             # resume from an older checkpoint rewrites it identically, and none is ever skipped
         if done % tr.checkpoint_every == 0 and done < tr.steps:
             _save_checkpoint(engine, ema, island, scratch, done, rank, world, tr.zero_stage)
@@ -117,39 +117,48 @@ def _save_checkpoint(engine, ema, island: Store, scratch, step: int, rank: int, 
         dist.barrier()
 
 
-def _save_snapshot(engine, ema, task: Task, island: Store, step: int, rank: int, stage: int) -> None:
-    """The EMA weights at ``step`` as a loadable model under ``snapshots/step-N`` (rank 0 writes)."""
+def _full_model(engine, task: Task, rank: int):
+    """The trained weights as a full model on rank 0 (None on other ranks). Every rank must call it:
+    gathering the weights is collective under ZeRO-3."""
+    weights = dse.full_state_dict(engine, task.training.zero_stage)
+    if rank != 0:
+        return None
+    model = task.build_model()
+    model.load_state_dict(weights)
+    return model
+
+
+def _save_model(model, ema, task: Task, island: Store, prefix: str, step: int, extra: dict | None = None) -> None:
+    """``save_pretrained`` of ``model`` (with its EMA weights as the main ones when the task keeps an EMA)."""
     from atoll.models.checkpoint import save_pretrained
 
-    weights = dse.full_state_dict(engine, stage)  # collective under ZeRO-3: every rank calls it
-    if rank == 0:
-        model = task.build_model()
-        model.load_state_dict(weights)
-        save_pretrained(model, island, f"snapshots/{ckpt.tag(step)}",
-                        ema=ema if task.training.ema_decay > 0 else None,
-                        extra={"role": task.kind, "name": task.name, "steps": step})
+    save_pretrained(model, island, prefix, ema=ema if task.training.ema_decay > 0 else None,
+                    extra={"role": task.kind, "name": task.name, "steps": step, **(extra or {})})
+
+
+def _save_snapshot(engine, ema, task: Task, island: Store, step: int, rank: int) -> None:
+    """The EMA weights at ``step`` as a loadable model under ``snapshots/step-N`` (rank 0 writes)."""
+    model = _full_model(engine, task, rank)
+    if model is not None:
+        _save_model(model, ema, task, island, f"snapshots/{ckpt.tag(step)}", step)
 
 
 def _finish(engine, ema, task: Task, island: Store, run: Store, rank: int, world: int, log: IslandLog,
             dtype, device, fingerprint: str) -> None:
-    from atoll.models.checkpoint import save_pretrained
-
-    weights = dse.full_state_dict(engine, task.training.zero_stage)
+    model = _full_model(engine, task, rank)
     if rank == 0:
-        model = task.build_model()
-        model.load_state_dict(weights)
-        extra = {"role": task.kind, "name": task.name, "steps": task.training.steps}
+        extra = {}
         if task.kind == "router":
             from atoll.train.tasks import router_accuracy
 
             ema_model = task.build_model()
-            ema.copy_to(ema_model) if task.training.ema_decay > 0 else ema_model.load_state_dict(weights)
+            ema.copy_to(ema_model) if task.training.ema_decay > 0 else ema_model.load_state_dict(model.state_dict())
             acc = router_accuracy(ema_model.eval(), task)
             log.extra["accuracy_vs_t"] = extra["accuracy_vs_t"] = acc
             if getattr(task, "classes", None) is not None:
                 blind = router_accuracy(ema_model.eval(), task, with_class=False)
                 log.extra["accuracy_vs_t_no_class"] = extra["accuracy_vs_t_no_class"] = blind
-        save_pretrained(model, island, "model", ema=ema if task.training.ema_decay > 0 else None, extra=extra)
+        _save_model(model, ema, task, island, "model", task.training.steps, extra)
         log.extra["fingerprint"] = fingerprint
         log.finish(model_config=task.model_config())
     if world > 1:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from atoll.models.flow import interpolate, sample_t
 from atoll.spec.models import JobSpec, TrainingSpec
 from atoll.store import Store
 
@@ -123,8 +124,6 @@ class ExpertTask(Task):
         return self.model_config().build()
 
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        from atoll.models.flow import sample_t
-
         x0, y = batch.x0, batch.y
         n = x0.shape[0]
         cond = self.job.spec.experts.conditioning
@@ -137,8 +136,7 @@ class ExpertTask(Task):
             kw["text_mask"] = self.text_mask[y].to(x0.device) & ~drop[:, None]
         t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        v = model(x_t.to(dtype), t.to(dtype), **kw)
+        v = model(interpolate(x0, eps, t).to(dtype), t.to(dtype), **kw)  # images or clips
         return F.mse_loss(v.float(), eps - x0)
 
 
@@ -197,8 +195,8 @@ def noised(x0: torch.Tensor, gen: torch.Generator, t: torch.Tensor | None = None
     if t is None:
         t = torch.rand(n, generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
-    tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.device)  # images or clips
-    return (1 - tt) * x0 + tt * eps.to(x0.device), t.to(x0.device)
+    t = t.to(x0.device)
+    return interpolate(x0, eps.to(x0.device), t), t
 
 
 @torch.no_grad()

@@ -1,15 +1,15 @@
 """Rectified-flow training of a video expert (a ``VideoDiT``) on moving-clips shards.
 
-Same island loop, batching, EMA and checkpointing as ``tasks.ExpertTask``; only the
-data layout and the model differ. Stored clips are frames tiled vertically
-(``[N, C, T*H, W]``, see ``data.sources.moving_clips``); ``load`` turns them into
+Same island loop, batching, EMA, checkpointing and rectified-flow loss as
+``tasks.ExpertTask`` (its loss is shape-generic); only the data layout and the model
+differ. Stored clips are frames tiled vertically (``[N, C, T*H, W]``, see
+``data.sources.moving_clips``); ``load`` turns them into
 ``images [N, C, T, H, W]`` so ``Task.batch`` yields ``x0 [b, C, T, H, W]`` in [-1, 1].
 Class conditioning (with the null class for CFG) or none; text is not supported yet.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from atoll.store import Store
 from atoll.train.tasks import ExpertTask
@@ -44,18 +44,3 @@ class VideoExpertTask(ExpertTask):
         return VideoDiTConfig(size=ex.model, input_size=h, frames=frames, in_channels=c,
                               temporal_patch=VDIT_SIZES[ex.model].get("temporal_patch", 1),
                               num_classes=self.num_classes if ex.conditioning == "class" else 0)
-
-    def loss(self, model, batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """``mean ||v(x_t, t, y) - (eps - x0)||^2`` with ``x0 [b, C, T, H, W]``; dropped labels -> null class."""
-        from atoll.models.flow import interpolate, sample_t
-
-        x0, y = batch.x0, batch.y
-        n = x0.shape[0]
-        kw = {}
-        if self.job.spec.experts.conditioning == "class":
-            drop = (torch.rand(n, generator=gen) < self.training.class_dropout).to(y.device)
-            kw["y"] = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
-        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        v = model(interpolate(x0, eps, t).to(dtype), t.to(dtype), **kw)
-        return F.mse_loss(v.float(), eps - x0)
