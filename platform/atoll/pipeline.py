@@ -64,9 +64,8 @@ def is_complete(run: Store, job: JobSpec, stage: str) -> bool:
     if stage in ("experts", "router"):
         from atoll.islands.plan import expert_units, is_done, router_unit
 
-        units = expert_units(job) if stage == "experts" else ([] if job.spec.experts.mode == "monolith"
-                                                              else [router_unit()])
-        return all([is_done(run, u, job) for u in units])
+        prefixes = stage_prefixes(job, stage)
+        return all([is_done(run, u, job) for u in expert_units(job) + [router_unit()] if u.prefix in prefixes])
     return all(run.manifest(p) is not None for p in stage_prefixes(job, stage))
 
 
