@@ -144,18 +144,10 @@ def step_of(row: dict, job_steps: int) -> int:
     return row["step"] if row.get("step") is not None else job_steps
 
 
-def to_28(images: torch.Tensor) -> torch.Tensor:
-    """The classifier scores 28x28 grey images; resize other sizes (the gpu variant trains at 32)."""
-    if images.shape[-1] == 28:
-        return images
-    x = images.float() / 127.5 - 1
-    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, inception: bool) -> list[dict]:
     from atoll.eval.api import fashion_mnist_reference, score
     from atoll.sampling import Ensemble
+    from atoll.sampling.evaluate import to_classifier_size
 
     s = job.spec.sample
     labels = torch.arange(10).repeat(s.num_per_class)  # class-balanced; the first 10 are one per class
@@ -173,7 +165,7 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
         model = ens.only(alone) if alone is not None else ens
         res = model.sample(labels, strategy=strategy, steps=s.steps, guidance=s.guidance, seed=s.seed,
                            batch_size=128)
-        imgs = to_28(res.images)
+        imgs = to_classifier_size(res.images)  # the gpu variant trains at 32x32
         m = score(imgs, labels)
         if inception:
             from atoll.eval.inception import inception_fid

@@ -38,6 +38,18 @@ def class_accuracy(run: Store, images: torch.Tensor, labels: torch.Tensor | None
         return None
 
 
+def to_classifier_size(images: torch.Tensor, side: int = FASHION_MNIST_SHAPE[-1]) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> uint8 ``[N, C, side, side]`` (bilinear, antialiased) for the reference
+    classifier; returned as is when already that size."""
+    if tuple(images.shape[-2:]) == (side, side):
+        return images
+    from atoll.sampling.grid import to_uint8
+
+    x = images.float() / 127.5 - 1
+    return to_uint8(torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+                                                    align_corners=False))
+
+
 def clip_stills(clips: torch.Tensor) -> torch.Tensor:
     """Moving-clips videos uint8 ``[N, 1, T, S, S]`` -> one 28x28 still per clip for the image classifier:
     the object-centred frame mean (``data.features.pool_clips``), its central ``S/2`` object window
@@ -49,9 +61,7 @@ def clip_stills(clips: torch.Tensor) -> torch.Tensor:
     n, c, t, h, w = clips.shape
     pooled = pool_clips(clips.cpu().numpy().reshape(n, c, t * h, w))  # frames tiled vertically, as stored
     lo, hi = h // 4, h - h // 4
-    x = torch.from_numpy(np.ascontiguousarray(pooled[:, :, lo:hi, lo:hi])).float() / 127.5 - 1
-    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return to_classifier_size(torch.from_numpy(np.ascontiguousarray(pooled[:, :, lo:hi, lo:hi])))
 
 
 def clip_class_accuracy(run: Store, clips: torch.Tensor, labels: torch.Tensor | None) -> float | None:
