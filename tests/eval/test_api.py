@@ -27,7 +27,8 @@ def test_score_uses_the_cached_classifier(tmp_path, small_classifier, fmnist_tra
     assert out["fid"] < 5 and out["class_accuracy"] > 0.85 and out["precision"] > 0.7
     noise = np.random.default_rng(0).uniform(-1, 1, size=(500, 1, 28, 28)).astype(np.float32)
     bad = score(noise, y[:500], store=store, n_real=2000)
-    assert bad["fid"] > 20 * out["fid"] and bad["precision"] < 0.1
+    assert bad["fid"] > 20 * out["fid"] and bad["coverage"] < 0.02 and bad["density"] < 0.35
+    assert out["coverage"] > 0.8 and out["density"] > 0.8
     with pytest.raises(EvalError, match=r"\[N, 1, 28, 28\]"):
         score(np.zeros((4, 1, 32, 32), np.uint8), store=store)
     with pytest.raises(EvalError, match="unknown reference"):

@@ -6,7 +6,8 @@ import pytest
 
 from atoll.eval.classifier import features
 from atoll.eval.errors import EvalError
-from atoll.eval.metrics import class_accuracy, evaluate_samples, fid_from_features, precision_recall
+from atoll.eval.metrics import (class_accuracy, density_coverage, evaluate_samples, fid_from_features,
+                                precision_recall)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +49,37 @@ def test_class_accuracy_accepts_float_images(small_classifier, fmnist_test):
     assert class_accuracy(small_classifier, as_float, y) == class_accuracy(small_classifier, x, y)
 
 
-def test_precision_recall_real_vs_real_high_real_vs_noise_zero(test_features, degraded):
-    p, r = precision_recall(test_features[:2000], test_features[5000:7000])
+def test_real_vs_real_high_real_vs_noise_low(test_features, degraded):
+    """Noise is told from real data on every machine by recall, density and coverage. Not by
+    precision: noise collapses to ~one feature point whose precision is 0 or 1 depending on the
+    classifier's weights (which differ between CPUs), see the next test and ``eval.metrics``."""
+    real_a, real_b, noise = test_features[:2000], test_features[5000:7000], degraded[0]
+    p, r = precision_recall(real_a, real_b)
     assert p > 0.75 and r > 0.75
-    p, r = precision_recall(test_features[:2000], degraded[0])
-    assert p < 0.1 and r < 0.05
+    d, c = density_coverage(real_a, real_b)
+    assert d > 0.8 and c > 0.85
+    _, r = precision_recall(real_a, noise)
+    assert r < 0.05
+    d, c = density_coverage(real_a, noise)
+    assert d < 0.35 and c < 0.02
+    spread = noise.std(axis=0).mean()
+    nearest = np.sqrt(((noise.mean(axis=0) - real_a) ** 2).sum(axis=1)).min()
+    assert spread < 0.2 * nearest  # the degenerate case: all noise images at ~one point
+
+
+def test_precision_counts_a_collapsed_set_next_to_a_real_outlier_density_coverage_do_not():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(2000, 8))
+    real[0] = 12.0  # one outlier: its 3-NN ball is huge
+    fake = 12.0 - 3.0 + rng.normal(scale=0.01, size=(500, 8))  # collapsed, far from the data, near the outlier
+    p, r = precision_recall(real, fake)
+    assert p == 1.0 and r == 0.0
+    d, c = density_coverage(real, fake)
+    assert d <= 1.0 / 5 + 1e-9 and c <= 1.0 / len(real) + 1e-9
+    d_real, c_real = density_coverage(real[1:1001], rng.normal(size=(1000, 8)))
+    assert 0.7 < d_real < 1.3 and c_real > 0.9
+    with pytest.raises(EvalError, match="more than 5 real"):
+        density_coverage(real[:5], fake)
 
 
 def test_precision_recall_separate_fidelity_from_coverage():
@@ -68,10 +95,11 @@ def test_precision_recall_separate_fidelity_from_coverage():
 def test_evaluate_samples_on_real_images(small_classifier, fmnist_test, fmnist_train):
     x, y = fmnist_test
     out = evaluate_samples(fmnist_train[0][:2000], fmnist_train[1][:2000], x[:2000], y[:2000], small_classifier)
-    assert set(out) >= {"fid", "class_accuracy", "precision", "recall", "real_class_accuracy"}
+    assert set(out) >= {"fid", "class_accuracy", "precision", "recall", "density", "coverage", "real_class_accuracy"}
     assert out["fid"] < 5.0
     assert out["class_accuracy"] > 0.85 and out["real_class_accuracy"] > 0.85
     assert out["precision"] > 0.7 and out["recall"] > 0.7
+    assert out["density"] > 0.8 and out["coverage"] > 0.8
     assert out["n_samples"] == 2000 and out["n_real"] == 2000
     unconditional = evaluate_samples(x[:100], None, x[100:300], None, small_classifier)
     assert unconditional["class_accuracy"] is None and unconditional["real_class_accuracy"] is None

@@ -2,7 +2,7 @@
 
     from atoll.eval.api import score
     score(images, labels)   # images [N, 1, 28, 28] uint8 or float in [-1, 1]; labels [N] or None
-    -> {"fid": ..., "class_accuracy": ..., "precision": ..., "recall": ..., ...}
+    -> {"fid": ..., "class_accuracy": ..., "precision": ..., "recall": ..., "density": ..., "coverage": ..., ...}
 
 The classifier is trained on the reference's training split once (about a
 minute on 2 CPU cores) and cached in a store (``~/.cache/atoll/eval`` or
@@ -60,7 +60,7 @@ def reference_classifier(reference: str = "fashion-mnist", store: Store | str | 
 
 def score(images, labels=None, *, reference: str = "fashion-mnist", store: Store | str | None = None,
           n_real: int | None = None) -> dict:
-    """FID, class accuracy, precision and recall of generated images against the reference's test split.
+    """FID, class accuracy, precision/recall and density/coverage of generated images against the reference's test split.
 
     ``images``: [N, 1, 28, 28], uint8 or float in [-1, 1]; ``labels``: the
     class each image was generated for, [N], or None. ``n_real`` limits the

@@ -9,6 +9,20 @@
   k-th nearest neighbour (k=3); precision is the share of generated samples
   inside the real manifold, recall the share of real samples inside the
   generated one.
+* Density and coverage (Naeem et al. 2020, k=5): density counts how many real
+  balls hold each generated sample (/k, ~1 for samples like the real ones),
+  coverage is the share of real samples whose ball holds a generated one.
+
+Why both: precision over-counts when the real set has outliers. Their k-NN
+balls are large, and a generated set that collapses to one point next to such
+an outlier is "100% precise" (``test_metrics`` builds that case). It is not a
+corner case: uniform-noise images all map to nearly one point of the
+classifier's feature space (spread 0.2 against real neighbour distances >= 4),
+and whether that point falls inside one outlier's ball (radius 6.5 where the
+median is 4.5) depends on the classifier's weights, hence on the CPU's float
+summation order: noise scored precision 0.48 on one machine and 0.00 on
+another. Density (0.15 / 0.00) and coverage (0.002 / 0.000) tell the two
+machines' answers apart from real data (0.98 / 0.97) on both.
 """
 from __future__ import annotations
 
@@ -127,6 +141,30 @@ def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, *, k: int =
     return precision, recall
 
 
+def density_coverage(real_feats: np.ndarray, fake_feats: np.ndarray, *, k: int = 5,
+                     max_samples: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """Density (>= 0, ~1 for a set like the real one) and coverage (in [0, 1]) of fake [M, D] against
+    real [N, D] features (Naeem et al. 2020). Both are robust to outliers in the real set, unlike
+    precision: a generated point inside one outlier's ball adds 1/k to density, and coverage counts
+    real points, so a collapsed set covers ~1/N of them. Subsampled (seeded) like ``precision_recall``.
+    """
+    real, fake = _subsample(real_feats, max_samples, seed), _subsample(fake_feats, max_samples, seed + 1)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise EvalError(f"density/coverage needs features [N, D] and [M, D]; got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if len(real) <= k or len(fake) < 1:
+        raise EvalError(f"density/coverage with k={k} needs more than {k} real samples and one generated; "
+                        f"got {len(real)} real and {len(fake)} generated")
+    with torch.no_grad():
+        radii = knn_radii(real, k)
+        inside_count = torch.zeros(len(fake), dtype=torch.float64)
+        covered = torch.zeros(len(real), dtype=torch.bool)
+        for i in range(0, len(fake), PR_BLOCK):
+            inside = torch.cdist(fake[i:i + PR_BLOCK], real) <= radii[None]
+            inside_count[i:i + PR_BLOCK] = inside.sum(dim=1).double()
+            covered |= inside.any(dim=0)
+    return float(inside_count.mean() / k), float(covered.float().mean())
+
+
 def evaluate_samples(images, labels, real_images, real_labels, classifier: Classifier, *,
                      k: int = 3, max_pr_samples: int = 5000) -> dict:
     """Scores generated images [N, C, H, W] against real ones [M, C, H, W] in the classifier's feature space.
@@ -134,12 +172,14 @@ def evaluate_samples(images, labels, real_images, real_labels, classifier: Class
     ``labels`` [N]: the class each sample was generated for (None for
     unconditional samples: no class accuracy). ``real_labels`` [M] (or None)
     gives the classifier's accuracy on the real images, the ceiling for
-    ``class_accuracy``. Returns ``{fid, class_accuracy, precision, recall,
-    real_class_accuracy, n_samples, n_real}``.
+    ``class_accuracy``. Returns ``{fid, class_accuracy, precision, recall, density,
+    coverage, real_class_accuracy, n_samples, n_real}`` (``k`` is precision/recall's;
+    density/coverage use their authors' k=5).
     """
     fake_f, fake_pred = features_and_predictions(classifier, images)
     real_f, real_pred = features_and_predictions(classifier, real_images)
     precision, recall = precision_recall(real_f, fake_f, k=k, max_samples=max_pr_samples)
+    density, coverage = density_coverage(real_f, fake_f, max_samples=max_pr_samples)
 
     def accuracy(pred: np.ndarray, wanted, name: str) -> float | None:
         return None if wanted is None else float((pred == to_labels(wanted, len(pred), name=name)).mean())
@@ -149,6 +189,8 @@ def evaluate_samples(images, labels, real_images, real_labels, classifier: Class
         "class_accuracy": accuracy(fake_pred, labels, "labels"),
         "precision": precision,
         "recall": recall,
+        "density": density,
+        "coverage": coverage,
         "real_class_accuracy": accuracy(real_pred, real_labels, "real_labels"),
         "n_samples": len(fake_f),
         "n_real": len(real_f),
