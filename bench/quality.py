@@ -160,7 +160,10 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
             console().print(f"  {arm} / {label}: cached")
             continue
         if step not in ensembles:
-            ensembles[step] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step)
+            from atoll.devices import for_stage
+
+            ensembles[step] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step,
+                                                       device=for_stage(s.device).device)
         ens = ensembles[step]
         model = ens.only(alone) if alone is not None else ens
         res = model.sample(labels, strategy=strategy, steps=s.steps, guidance=s.guidance, seed=s.seed,

@@ -214,7 +214,7 @@ def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://b
            output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="The grid PNG to write."),
            nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: ~sqrt(n))."),
            trace: Optional[Path] = typer.Option(None, "--trace", help="Also write a picture of routing per step."),
-           device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+           device: str = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ..."),
            prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-conditioned runs)."),
            step: Optional[int] = typer.Option(None, "--step", help="The experts' training snapshot at this step "
                                               "(experts.training.snapshotEvery) instead of the final models.")):

@@ -51,3 +51,15 @@ def test_state_dict_round_trip_and_errors():
         EMA(m, 1.0)
     with pytest.raises(ValueError, match="keys"):
         other.load_state_dict({"weight": torch.zeros(2, 3)})
+
+
+def test_shadow_is_fp32_on_its_own_device_and_updates_copy_explicitly():
+    m = nn.Linear(3, 2).to(torch.bfloat16)
+    ema = EMA(m, 0.5, device="cpu")
+    assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in ema.shadow.values())
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)
+    assert torch.allclose(ema.shadow["weight"], before["weight"] + 0.5, atol=1e-2)
+    assert ema.shadow["weight"].dtype == torch.float32

@@ -47,7 +47,8 @@ def _kill_after_checkpoint(run, prefix: str, at_step: int, killed: dict, deadlin
 
 
 def test_killed_worker_resumes_exactly_and_other_island_is_unaffected(ray_local, tiny):
-    # both experts get the SAME data and seed: an exact resume must end with identical weights
+    # both experts get the SAME data but their own seeds (init and noise); an exact resume must end
+    # with the weights of the same expert trained without interruption (a second job, same spec)
     same = np.arange(800)
     job, run = tiny(name="kill", k=2, steps=40, ckpt=10, parts=[same, same])
     killed: dict = {}
@@ -63,9 +64,13 @@ def test_killed_worker_resumes_exactly_and_other_island_is_unaffected(ray_local,
     assert m1["restarts"] >= 1 and 10 <= m1["resumed_from_step"] <= killed["step"]
     hist = run.get_json("experts/001/metrics.json")["history"]
     assert hist[-1]["step"] == 40 and [h["step"] for h in hist] == sorted({h["step"] for h in hist})
-    a = from_pretrained(run, "experts/000/model", weights="raw").state_dict()
-    b = from_pretrained(run, "experts/001/model", weights="raw").state_dict()
+    ref_job, ref_run = tiny(name="killref", k=2, steps=40, ckpt=10, parts=[same, same])
+    assert run_units(ref_job, ref_run, None, expert_units(ref_job)[1:]).done == ["expert-001"]
+    a = from_pretrained(run, "experts/001/model", weights="raw").state_dict()
+    b = from_pretrained(ref_run, "experts/001/model", weights="raw").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    other = from_pretrained(run, "experts/000/model", weights="raw").state_dict()
+    assert not all(torch.equal(a[k], other[k]) for k in a), "two experts trained on one data set are identical"
 
 
 def test_router_learns_the_partition(ray_local, tiny):

@@ -46,12 +46,19 @@ def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 
 def save_pretrained(model: nn.Module, store: Store, prefix: str, *, ema: EMA | None = None,
+                    ema_weights: dict[str, torch.Tensor] | None = None,
                     extra: dict[str, Any] | None = None) -> dict:
     """Writes the checkpoint folder at ``prefix`` and commits it (manifest last). Returns the manifest.
 
+    ``ema`` (an ``EMA``) or ``ema_weights`` (its state dict, e.g. from a training island's sharded
+    EMA): the averaged weights become ``model.safetensors`` and the model's own ``raw.safetensors``.
     An existing checkpoint at ``prefix`` is uncommitted first, so a reader never
     sees new files under an old manifest.
     """
+    if ema is not None and ema_weights is not None:
+        raise ValueError("pass ema or ema_weights, not both")
+    if ema is not None:
+        ema_weights = ema.state_dict()
     kind = _kind(model)
     extra = dict(extra or {})
     clash = {"kind", "config"} & extra.keys()
@@ -62,8 +69,8 @@ def save_pretrained(model: nn.Module, store: Store, prefix: str, *, ema: EMA | N
         "config.json": json.dumps({"kind": kind, "config": model.config.to_dict(), **extra},
                                   indent=2, sort_keys=True, default=str).encode(),
     }
-    if ema is not None:
-        files["model.safetensors"] = _to_bytes(ema.state_dict())
+    if ema_weights is not None:
+        files["model.safetensors"] = _to_bytes(ema_weights)
         files["raw.safetensors"] = _to_bytes(model.state_dict())
     else:
         files["model.safetensors"] = _to_bytes(model.state_dict())
@@ -72,7 +79,7 @@ def save_pretrained(model: nn.Module, store: Store, prefix: str, *, ema: EMA | N
     manifest = {
         "format": FORMAT,
         "kind": kind,
-        "ema": ema is not None,
+        "ema": ema_weights is not None,
         "files": [{"name": n, "size": len(d), "sha256": sha256_bytes(d)} for n, d in files.items()],
     }
     return store.commit(prefix, manifest)

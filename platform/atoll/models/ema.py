@@ -3,7 +3,12 @@
 ``shadow = decay * shadow + (1 - decay) * weights`` after every ``update``;
 ``decay = 0`` keeps the latest weights. The shadow is keyed like the model's
 ``state_dict`` (so ``state_dict()`` can be saved as model weights); non-float
-entries are copied, not averaged.
+entries are copied, not averaged. Float entries are kept in fp32 on ``device``
+(default: where the model's weights are when the EMA is made); each update copies
+the weights there explicitly, so a model on a GPU can keep its average on the CPU.
+
+This is the EMA of a plain module. A DeepSpeed island averages its fp32 master
+weights shard by shard instead (``atoll.train.ema_shards``).
 """
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, device: torch.device | str | None = None):
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}; use 0 for 'the latest weights'")
         self.decay = float(decay)
         self.num_updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.detach().to(device=device or v.device, dtype=torch.float32 if v.is_floating_point()
+                                         else v.dtype, copy=True) for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -27,10 +33,11 @@ class EMA:
             raise ValueError("EMA.update got a model whose state_dict keys differ from the one it was built from")
         for k, v in sd.items():
             s = self.shadow[k]
+            v = v.detach().to(device=s.device, dtype=s.dtype)
             if self.decay == 0 or not s.is_floating_point():
                 s.copy_(v)
             else:
-                s.lerp_(v.to(s.dtype), 1.0 - self.decay)
+                s.lerp_(v, 1.0 - self.decay)
         self.num_updates += 1
 
     @torch.no_grad()

@@ -48,18 +48,20 @@ def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, 
         raise SamplingError(f"-n must be >= 1, got {n}")
     if nrow is not None and nrow < 1:
         raise SamplingError(f"--nrow must be >= 1, got {nrow}")
+    from atoll.devices import DeviceError, for_stage
+
     try:
-        torch.device(device)
-    except RuntimeError as e:
-        raise SamplingError(f"--device {device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
-    ens = Ensemble.from_pretrained(run, device=device, step=step)
+        placement = for_stage(device)
+    except DeviceError as e:
+        raise SamplingError(f"--device: {e}") from None
+    ens = Ensemble.from_pretrained(run, device=placement.device, step=step)
     ens.check_strategy(strategy)
     if prompt is not None and class_ is not None:
         raise SamplingError("pass --prompt or --class, not both")
     if ens.is_text and prompt is None:
         raise SamplingError("this run is text-conditioned: pass --prompt 'a photo of a sneaker'")
     labels = None if prompt is not None else _labels(ens, class_, n)
-    console().print(f"run {ens.source}: {ens.num_experts} expert(s), strategy {strategy}, {n} image(s), "
+    console().print(f"run {ens.source}: {ens.num_experts} expert(s) on {placement}, strategy {strategy}, {n} image(s), "
                     f"{steps} {sampler} steps, guidance {guidance}, seed {seed}")
     batch = 64
     with task("sampling", total=steps * math.ceil(n / batch)) as bar:

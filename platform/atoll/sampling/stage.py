@@ -60,8 +60,11 @@ class _Writer:
 
 def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     """Samples the run's ensemble with every ``spec.sample`` strategy and each expert alone; returns the manifest."""
+    from atoll.devices import for_stage
+
     ss = job.spec.sample
-    ens = Ensemble.from_pretrained(run, s3=s3)
+    placement = for_stage(ss.device)
+    ens = Ensemble.from_pretrained(run, s3=s3, device=placement.device)
     for s in ss.strategies:
         ens.check_strategy(s)
     run.delete(join(PREFIX, MANIFEST))  # uncommitted while we write
@@ -130,7 +133,7 @@ def _manifest(job: JobSpec, ens: Ensemble, run: Store, results: dict[str, Sample
     return {
         "format": FORMAT, "num_experts": ens.num_experts, "monolith": ens.num_experts == 1,
         "classes": ens.class_names[: ens.num_classes], "num_per_class": ss.num_per_class, "steps": ss.steps,
-        "sampler": ss.sampler, "guidance": ss.guidance, "seed": ss.seed,
+        "sampler": ss.sampler, "guidance": ss.guidance, "seed": ss.seed, "device": str(ens.device),
         "strategies": {s: _entry(run, results[s]) for s in strategies},
         "experts": {k: _entry(run, r) for k, r in results.items() if k.startswith("expert-")},
         **({"real_clips_class_accuracy": _real_clips_accuracy(run)} if ens.is_video else {}),

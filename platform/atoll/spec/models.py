@@ -297,6 +297,9 @@ class SampleSpec(Base):
     sampler: Literal["euler", "heun"] = "euler"
     guidance: float = Field(1.5, ge=0, le=50)
     seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="Where the samples stage runs the ensemble: auto (the first GPU if the "
+                                    "machine has one, else the CPU), cpu, cuda or cuda:N.")
 
     @field_validator("strategies")
     @classmethod

@@ -59,14 +59,23 @@ def commit(island: Store, step: int, extra: dict, keep: int = 2) -> None:
         island.uncommit(join(PREFIX, tag(old)))
 
 
-def download(island: Store, step: int, local_dir: Path) -> Path:
-    """Fetches checkpoint ``step`` into ``local_dir/<tag>``; returns ``local_dir``."""
+def manifest(island: Store, step: int) -> dict:
+    """The committed manifest of checkpoint ``step`` (world size, ZeRO stage, files)."""
+    m = island.manifest(join(PREFIX, tag(step)))
+    if m is None:
+        raise FileNotFoundError(f"{island.url(join(PREFIX, tag(step)))} is not a committed checkpoint")
+    return m
+
+
+def download(island: Store, step: int, local_dir: Path, wanted=None) -> Path:
+    """Fetches checkpoint ``step`` into ``local_dir/<tag>`` (only files for which ``wanted(name)`` holds,
+    when given: a rank needs the common files and its own ZeRO partition); returns ``local_dir``."""
     dst = Path(local_dir) / tag(step)
     if dst.exists():
         shutil.rmtree(dst)
     for key in island.list(join(PREFIX, tag(step))):
         rel = key.split("/", 2)[2]
-        if rel != "manifest.json":
+        if rel != "manifest.json" and (wanted is None or wanted(rel.rsplit("/", 1)[-1])):
             island.get_file(key, dst / rel)
     return Path(local_dir)
 

@@ -1,10 +1,9 @@
-"""The thin layer over DeepSpeed: config, engine, checkpoint save/load, full weights.
+"""The thin layer over DeepSpeed: config, engine, checkpoint save/load/convert, checkpoint file ownership.
 
 Every ``deepspeed.*`` call of the training code lives here.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -25,7 +24,11 @@ def use_bf16(training: TrainingSpec, device: torch.device) -> bool:
     return False
 
 
-def ds_config(training: TrainingSpec, world_size: int, bf16: bool) -> dict:
+def ds_config(training: TrainingSpec, world_size: int, bf16: bool, load_universal: bool = False) -> dict:
+    """The engine's config. bf16 is DeepSpeed's own mixed precision: bf16 module and gradients,
+    fp32 master weights and Adam moments in the optimizer (ZeRO 1-3; ``BF16``/``FP16_Optimizer``
+    wrapper at stage 0). ``load_universal``: the next ``load_checkpoint`` reads a universal
+    checkpoint (``to_universal``), which any data-parallel world size can load."""
     micro = training.batch_size // (world_size * training.grad_accum)
     cfg = {
         "train_batch_size": training.batch_size,
@@ -37,13 +40,19 @@ def ds_config(training: TrainingSpec, world_size: int, bf16: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        cfg["checkpoint"] = {"load_universal": True}
     if training.grad_clip:
         cfg["gradient_clipping"] = training.grad_clip
     return cfg
 
 
-def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, bf16: bool):
-    """A DeepSpeed engine with a torch AdamW (no JIT-compiled optimizer) and warmup LR."""
+def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, bf16: bool,
+               load_universal: bool = False):
+    """A DeepSpeed engine with a torch AdamW (no JIT-compiled optimizer) and warmup LR.
+
+    The engine moves the module to the process's current accelerator device (``Placement.activate``
+    made it the chosen one) and, with bf16, casts it; the fp32 master copy lives in the optimizer."""
     import deepspeed
 
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay,
@@ -51,12 +60,37 @@ def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, 
     warm = max(1, training.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=ds_config(training, world_size, bf16))
+                                           config=ds_config(training, world_size, bf16, load_universal))
     return engine
 
 
+def zero_stage(engine) -> int:
+    return int(engine.zero_optimization_stage())
+
+
 def save(engine, directory: Path, tag: str, client_state: dict) -> None:
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    """``engine.save_checkpoint`` (every rank; each writes its own ZeRO partition). The client state
+    carries DeepSpeed's universal-checkpoint marker so ``to_universal`` can convert the folder."""
+    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+    state = {UNIVERSAL_CHECKPOINT_INFO: {}, **client_state}
+    engine.save_checkpoint(str(directory), tag=tag, client_state=state, save_latest=False)
+
+
+def to_universal(directory: Path, tag: str, out_tag: str) -> None:
+    """Converts checkpoint ``directory/tag`` (all ranks' files present) into a universal checkpoint at
+    ``directory/out_tag`` (DeepSpeed's ``ds_to_universal``, in-process, no worker pool)."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint.ds_to_universal import main
+
+    args = argparse.Namespace(input_folder=str(Path(directory) / tag), output_folder=str(Path(directory) / out_tag),
+                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints go nowhere useful
+        main(args)
 
 
 def load(engine, directory: Path, tag: str) -> dict:
@@ -67,22 +101,10 @@ def load(engine, directory: Path, tag: str) -> dict:
     return client or {}
 
 
-@contextlib.contextmanager
-def full_parameters(engine, stage: int):
-    """Makes every parameter whole on each rank (ZeRO-3 partitions them)."""
-    if stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-            yield
-    else:
-        yield
-
-
-def full_state_dict(engine, stage: int) -> dict[str, torch.Tensor]:
-    """fp32 copies of the module's full weights (gathered under ZeRO-3)."""
-    with full_parameters(engine, stage):
-        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+def needed_by_rank(filename: str, rank: int) -> bool:
+    """Which files of a checkpoint folder rank ``rank`` reads to resume at the same world size:
+    the common ones and its own ZeRO partition."""
+    return "zero_pp_rank_" not in filename or owned_by_rank(filename, rank)
 
 
 def owned_by_rank(filename: str, rank: int) -> bool:

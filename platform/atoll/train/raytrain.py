@@ -8,18 +8,15 @@ from pathlib import Path
 from atoll.spec.models import ScalingSpec
 
 
-def worker_context() -> tuple[int, int]:
-    """(world rank, world size) of the calling Ray Train worker."""
+def context():
+    """The calling Ray Train worker's ``WorkerContext`` (rank, world, local rank; reports to Ray Train)."""
     import ray.train
 
+    from atoll.train.context import WorkerContext
+
     ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size()
-
-
-def device():
-    import ray.train.torch
-
-    return ray.train.torch.get_device()
+    return WorkerContext(rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
+                         report=report, kind="ray")
 
 
 def report(metrics: dict) -> None:
