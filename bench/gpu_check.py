@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
+from bench_runs import write_run  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 #: dense bf16 peaks (FLOP/s) from the vendors' data sheets, by a substring of the device name
 BF16_PEAK = {"H200": 989.4e12, "H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12,
@@ -88,30 +89,6 @@ def _job(store: str, name: str, cpu: bool, steps: int, model: str, size: int) ->
                          "precision": "bf16", "emaDecay": 0.0}, "scaling": {"useGpu": not cpu}}}}
 
 
-def _write_run(job, size: int):
-    """data/ and partition/expert-00k/ shards of the digits (scaled to size x size), split by label parity."""
-    import numpy as np
-    from PIL import Image
-
-    from atoll.data.shards import commit_shards, write_samples_shard
-    from atoll.store import open_store
-
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    imgs = [np.asarray(Image.fromarray((im * 16).clip(0, 255).astype(np.uint8)).resize((size, size)))[:, :, None]
-            for im in d.images]
-    samples = [{"key": f"d{i:05d}", "image": im, "label": int(y)} for i, (im, y) in enumerate(zip(imgs, d.target))]
-    run = open_store(job.spec.store.uri).sub(job.name)
-    commit_shards(run, "data", [write_samples_shard(run, "data", 0, samples)], num_classes=10,
-                  class_names=[str(i) for i in range(10)])
-    for k in range(2):
-        part = [s for s in samples if s["label"] % 2 == k]
-        commit_shards(run, f"partition/expert-{k:03d}", [write_samples_shard(run, f"partition/expert-{k:03d}", 0, part)])
-    run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
-    return run
-
-
 # -- the rows ----------------------------------------------------------------------------
 class Check:
     def __init__(self, cpu: bool, work: Path):
@@ -131,7 +108,7 @@ class Check:
         model = "DiT-XXS/2" if self.cpu else "DiT-S/2"
         job = parse(_job(str(self.work / "store"), "gpucheck", self.cpu, 12 if self.cpu else 30, model, size),
                     source="gpu_check")
-        run = _write_run(job, size)
+        run = write_run(job, size)
         ctx = plain_context()
         t0 = time.time()
         for u in expert_units(job) + [router_unit()]:
