@@ -120,6 +120,7 @@ class RemoteExpert:
                 others = self.owner.running(deployment_name(self.k)) - attempts
                 if attempts > 2 or others <= 0:
                     raise ExpertDown(self.k, f"{deployment_name(self.k)}: {type(err).__name__}: {err}") from e
+                self.owner.scheduler.counters.expert_retries += 1
                 log.warning("%s: a replica failed (%s); retrying on another", deployment_name(self.k),
                             type(err).__name__)
                 await asyncio.sleep(0.05 * attempts)

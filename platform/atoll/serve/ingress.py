@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from atoll.sampling.grid import grid_array, png_bytes
@@ -35,6 +36,7 @@ from atoll.serve.scheduler import Outcome, Work
 
 log = logging.getLogger("atoll.serve")
 DEGRADED_HEADER = "X-Atoll-Degraded"
+RETRIED_HEADER = "X-Atoll-Retried"  # the request was restarted on another replica (N times)
 ERRORS = {400: {"model": ErrorBody, "description": "Malformed JSON."},
           422: {"model": ErrorBody, "description": "A request this run cannot serve (the field is named)."},
           503: {"model": ErrorBody, "description": "No replica or expert can serve it now; see Retry-After."}}
@@ -82,6 +84,11 @@ def build_api() -> FastAPI:
         errors = list(exc.errors())
         status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
         return JSONResponse(validation_error_body(errors), status_code=status)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):  # an unparsable body, 404, 405
+        return _error(exc.status_code, str(exc.detail), field="body" if exc.status_code == 400 else None,
+                      headers=getattr(exc, "headers", None))
 
     @api.exception_handler(RequestError)
     async def _bad(request: Request, exc: RequestError):
@@ -159,7 +166,7 @@ def make_ingress(api_key_digest: str | None = None):
                     raise Unavailable(f"no replica of {name} is running; Serve is starting one, retry shortly", retry)
                 resp = getattr(self.backend, method).remote(*args)
                 try:
-                    return await asyncio.wait_for(_awaited(resp), timeout_s)
+                    return await asyncio.wait_for(_awaited(resp), timeout_s), attempt
                 except asyncio.TimeoutError:
                     resp.cancel()
                     raise Unavailable(f"{name} did not answer within {timeout_s:.0f} s; retry later", retry) from None
@@ -182,9 +189,11 @@ def make_ingress(api_key_digest: str | None = None):
             t0 = time.perf_counter()
             work = Work(n=r.n, label=r.label, prompt=r.prompt, steps=r.steps, guidance=r.guidance, seed=r.seed,
                         strategy=r.strategy)
-            out = await self._call("generate", work, timeout_s=self.options.request_timeout_s)
+            out, retried = await self._call("generate", work, timeout_s=self.options.request_timeout_s)
             wall = time.perf_counter() - t0
             headers = {"X-Atoll-Seed": str(r.seed), "X-Atoll-Wall-S": f"{wall:.4f}"}
+            if retried:
+                headers[RETRIED_HEADER] = str(retried)
             if out.degraded:
                 headers[DEGRADED_HEADER] = ",".join(expert_name(k) for k in out.degraded)
             return out, headers, wall
@@ -239,7 +248,7 @@ def make_ingress(api_key_digest: str | None = None):
         async def experts(self):
             """The experts: partition sizes, top labels, the deployment computing each, running replicas,
             health and (from the replica asked) each expert's parallel layout."""
-            desc = await self._call("describe", timeout_s=30.0)
+            desc, _ = await self._call("describe", timeout_s=30.0)
             healthy = set(desc["healthy"])
             rows = [dict(e, deployment=self._expert_deployment(e["id"]), healthy=e["id"] in healthy,
                          running_replicas=self._running.get(self._expert_deployment(e["id"])),
@@ -253,7 +262,7 @@ def make_ingress(api_key_digest: str | None = None):
         async def stats(self):
             """The scheduler's counters (of the replica that answered): ticks, rows per tick, rows per expert
             forward, requests done / failed / cancelled, in flight, queued."""
-            return await self._call("stats", timeout_s=30.0)
+            return (await self._call("stats", timeout_s=30.0))[0]
 
         @api.get("/healthz", response_model=HealthBody, responses={503: {"model": HealthBody,
                                                                           "description": "Nothing can serve now."}})

@@ -11,6 +11,7 @@ class Counters:
         self.rows = [0] * num_experts
         self.forward_rows = [0] * num_experts
         self.done = self.failed = self.cancelled = 0
+        self.expert_retries = 0  # distributed mode: expert calls retried on another replica
 
     def tick(self, rows: int, batches: dict) -> None:
         """One tick over ``rows`` rows whose expert batches were ``batches`` (``{k: ExpertBatch}``)."""
@@ -30,5 +31,5 @@ class Counters:
                 "expert_forwards": forwards,
                 "mean_rows_per_expert_forward": round(sum(self.rows) / forwards, 4) if forwards else 0.0,
                 "expert_forwards_per_expert": list(self.forwards), "expert_rows": list(self.rows),
-                "expert_forward_rows": list(self.forward_rows), "router_rows": self.router_rows,
+                "expert_forward_rows": list(self.forward_rows), "router_rows": self.router_rows, "expert_retries": self.expert_retries,
                 "requests": {"done": self.done, "failed": self.failed, "cancelled": self.cancelled}}
