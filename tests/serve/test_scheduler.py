@@ -193,3 +193,30 @@ def test_restrict_is_select_when_all_healthy_and_renormalises_otherwise():
     assert idx.eq(1).all() and w.eq(1).all()
     with pytest.raises(NoHealthyExpert):
         restrict(probs, "top1", [])
+
+
+def test_text_requests_alone_equal_the_library_and_share_ticks_with_unconditional_ones():
+    from tiny_runs import perturbed
+
+    from atoll.models.dit import DiTConfig
+    from atoll.models.text import TextEncoder
+
+    model = perturbed(DiTConfig("DiT-XXS/2", 8, 1, text_dim=384).build(), 3, 0.03)
+    lib = Ensemble([model], None)
+    engine = LocalEngine(None, [model], device=torch.device("cpu"), num_classes=0, image_shape=lib.image_shape,
+                         text_encoder=TextEncoder)
+    works = [Work(2, prompt="a photo of a bag", steps=4, guidance=2.0, seed=1), Work(1, steps=3, seed=2),
+             Work(1, prompt="a coat", steps=5, guidance=1.0, seed=3)]
+
+    def alone(w):
+        if w.prompt is None:
+            return lib.sample(w.n, steps=w.steps, guidance=w.guidance, seed=w.seed).images
+        return lib.sample(prompts=w.prompt, n=w.n, steps=w.steps, guidance=w.guidance, seed=w.seed).images
+
+    out = asyncio.run(Scheduler(engine).generate(works[0]))
+    assert torch.equal(out.images, alone(works[0]))
+    sched = Scheduler(engine)
+    outs = asyncio.run(_together(sched, works))
+    assert sched.stats()["max_rows_per_tick"] == 4  # text, CFG-text and unconditional rows in one tick
+    for w, o in zip(works, outs):
+        assert (o.images.int() - alone(w).int()).abs().max() <= 1, w
