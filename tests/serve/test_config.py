@@ -131,3 +131,14 @@ def test_api_key_digest_comes_from_the_environment_only():
         api_key_digest(AuthSpec(api_key_secret="atoll-api"), {})
     with pytest.raises(AuthConfigError, match="required"):
         api_key_digest(AuthSpec(required=True), {"ATOLL_API_KEY": ""})
+
+
+def test_router_or_expert_settings_in_ensemble_mode_are_an_error_naming_the_fix():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="move the settings to serve.ensemble, or set serve.mode: distributed"):
+        ServeSpec.model_validate({"experts": {"numGpus": 1}})
+    # a spec dumped with the defaults (every run's job.json) and batch-size-only sections stay valid
+    assert ServeSpec.model_validate(ServeSpec().model_dump(by_alias=True)) == ServeSpec()
+    ServeSpec.model_validate({"router": {"maxBatchSize": 8, "batchWaitTimeoutS": 0.01}})
+    assert ServeSpec.model_validate({"mode": "distributed", "experts": {"numGpus": 1}}).experts.num_gpus == 1

@@ -379,6 +379,20 @@ class ServeSpec(Base):
         "Video runs: ranks per expert replica (DeepSpeed-Ulysses all-to-all attention over one gloo/NCCL "
         "group of Ray actors); must divide the video DiT's attention heads."))
 
+    @model_validator(mode="after")
+    def _sections_of_the_mode(self):
+        if self.mode != "ensemble":
+            return self
+        placement = ("num_replicas", "min_replicas", "max_replicas", "num_cpus", "num_gpus")
+        for name in ("router", "experts"):
+            d, default = getattr(self, name), DeploymentSpec()
+            changed = [DeploymentSpec.model_fields[f].alias for f in placement if getattr(d, f) != getattr(default, f)]
+            if changed:
+                raise FieldError(name, f"serve.{name} ({', '.join(changed)}) configures serve.mode: distributed, but this "
+                                 "spec serves in mode ensemble, where one deployment holds the router and every expert: "
+                                 f"move the settings to serve.ensemble, or set serve.mode: distributed")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _scheduler_rows(cls, data):
