@@ -37,7 +37,8 @@ def test_deployment_options_leave_room_for_batches():
 
 
 def test_scheduler_sections_default_to_64_rows_per_tick():
-    s = ServeSpec.model_validate({"ensemble": {"numCpus": 2}, "router": {"numReplicas": 2}, "experts": {}})
+    s = ServeSpec.model_validate({"mode": "distributed", "ensemble": {"numCpus": 2}, "router": {"numReplicas": 2},
+                                  "experts": {}})
     assert (s.ensemble.max_batch_size, s.router.max_batch_size, s.experts.max_batch_size) == (64, 64, 8)
     assert ServeSpec.model_validate({"ensemble": {"maxBatchSize": 16}}).ensemble.max_batch_size == 16
 
