@@ -117,7 +117,6 @@ def test_a_replica_loads_every_model_onto_its_device(tiny_run):
     assert rep.placement.device == torch.device("cpu") and rep.placement.reason == "numGpus is 0"
     for i, m in enumerate([rep.engine.router, *rep.engine.experts]):
         check_placed(m, rep.placement.device, f"model {i}")
-    rep.engine.close()
 
 
 def test_api_key_digest_comes_from_the_environment_only():

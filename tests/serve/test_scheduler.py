@@ -114,7 +114,7 @@ class _Flaky:
 
 def test_reroute_leaves_a_down_expert_out_and_reports_it(ens):
     flaky = _Flaky(ens.experts[1], 1, ens.num_classes)
-    sched = Scheduler(_engine(ens, [ens.experts[0], flaky]), health=Health(2, retry_after_s=60))
+    sched = Scheduler(_engine(ens, [ens.experts[0], flaky]), health=Health(2, retry_after_s=3600))
     out = asyncio.run(sched.generate(Work(4, label=0, steps=3, strategy="full")))
     assert out.degraded == [1] and out.expert_rows == [12, 0] and flaky.calls == 1
     want = Ensemble([ens.experts[0]]).sample(4, class_labels=0, steps=3, seed=0).images
@@ -133,7 +133,7 @@ def test_fail_policy_fails_only_the_requests_that_need_the_down_expert(ens):
     spared, hit = next(s for s, f in flags.items() if not f), next(s for s, f in flags.items() if f)
     flaky = _Flaky(ens.experts[1], 1, ens.num_classes)
     sched = Scheduler(_engine(ens, [ens.experts[0], flaky]), on_expert_failure="fail",
-                      health=Health(2, retry_after_s=60))
+                      health=Health(2, retry_after_s=3600))
     works = [Work(2, label=0, steps=3, strategy="full"), Work(1, label=0, steps=3, seed=spared),
              Work(1, label=0, steps=3, seed=hit)]
     results = asyncio.run(_gather_settled(sched, works))

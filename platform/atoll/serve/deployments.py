@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -254,15 +253,11 @@ class ExpertModel:
                                                                       rank_cpus=rank_cpus, rank_gpus=rank_gpus))
         else:
             self.model = load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atoll-expert")
 
     async def velocity(self, batch: ExpertBatch) -> torch.Tensor:
         if self.group is not None:
             return await self.group.velocity(batch)
-        b = batch.to(self.placement.device)
-        v = await asyncio.get_running_loop().run_in_executor(self._pool, batch_velocity, self.model, b,
-                                                             self.num_classes)
-        return v.cpu()
+        return batch_velocity(self.model, batch.to(self.placement.device), self.num_classes).cpu()
 
     def describe(self) -> dict:
         """The replica's parallel layout: ``sequence_parallel``, the ranks' world size and each rank's facts."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from atoll.models.samplers import make_sampler
 from atoll.sampling.ensemble import combine, group_rows
@@ -40,6 +41,7 @@ from atoll.sampling.grid import to_uint8
 from atoll.sampling.noise import initial_noise
 from atoll.sampling.strategies import select
 from atoll.serve.expert_batch import ExpertBatch
+from atoll.serve.layout import lay_out
 from atoll.serve.routing import ExpertDown, Health, NoHealthyExpert, Unavailable, restrict
 from atoll.serve.stats import Counters
 
@@ -59,7 +61,7 @@ class Work:
     strategy: str = "top1"
 
 
-@dataclass
+@dataclass(repr=False)
 class Outcome:
     images: torch.Tensor               # uint8 [n, C, H, W] (video: [n, C, T, H, W])
     expert_rows: list[int]             # request rows each expert evaluated, over all steps
@@ -68,6 +70,10 @@ class Outcome:
     queue_s: float = 0.0               # submitted -> first tick
     wall_s: float = 0.0                # first tick -> done
     mean_tick_rows: float = 0.0        # rows of the ticks it took part in (its own and others')
+
+    def __repr__(self) -> str:  # never the pixels (asyncio and logs repr results)
+        return (f"Outcome(images={list(self.images.shape)}, steps={len(self.experts_per_step)}, "
+                f"degraded={self.degraded}, wall_s={self.wall_s:.3f})")
 
 
 class Engine(Protocol):
@@ -85,7 +91,7 @@ class Engine(Protocol):
     async def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Job:
     work: Work
     x: torch.Tensor
@@ -210,31 +216,6 @@ class Scheduler:
             self.counters.failed += 1
 
     # -- one tick --------------------------------------------------------------------
-    def _layout(self, jobs: list[_Job]):
-        """All rows of ``jobs`` side by side: x, t, y (null class for unconditional rows), text, guidance, cfg."""
-        e = self.engine
-        x = torch.cat([j.x for j in jobs])
-        t = torch.cat([j.sampler.t_batch(j.i, j.x) for j in jobs])
-        y = None
-        if any(j.y is not None for j in jobs):
-            y = torch.cat([j.y if j.y is not None else torch.full((j.n,), e.num_classes, dtype=torch.long,
-                                                                   device=e.device) for j in jobs])
-        text = None
-        if any(j.text is not None for j in jobs):
-            L = max(j.text[0].shape[1] for j in jobs if j.text is not None)
-            D = next(j.text[0].shape[2] for j in jobs if j.text is not None)
-            states, masks = [], []
-            for j in jobs:  # rows without a prompt get the null text (an all-False mask)
-                s, m = j.text if j.text is not None else (torch.zeros(j.n, L, D, device=e.device),
-                                                          torch.zeros(j.n, L, dtype=torch.bool, device=e.device))
-                pad = L - s.shape[1]
-                states.append(torch.nn.functional.pad(s, (0, 0, 0, pad)) if pad else s)
-                masks.append(torch.nn.functional.pad(m, (0, pad)) if pad else m)
-            text = (torch.cat(states), torch.cat(masks))
-        g = torch.cat([torch.full((j.n,), float(j.work.guidance), device=e.device) for j in jobs])
-        cfg = torch.cat([torch.full((j.n,), j.cfg, dtype=torch.bool, device=e.device) for j in jobs])
-        return x, t, y, text, g, cfg
-
     def _select(self, jobs: list[_Job], healthy: list[int]) -> tuple[list[_Job], list]:
         """Each job's (indices, weights) over the healthy experts; ``fail`` drops jobs that need a down expert."""
         K, keep, sel = self.engine.num_experts, [], []
@@ -258,33 +239,28 @@ class Scheduler:
 
     async def _tick(self, jobs: list[_Job]) -> None:
         e, K = self.engine, self.engine.num_experts
-        layout = self._layout(jobs)
-        x, t, y = layout[:3]
+        lay = lay_out(jobs, e.device, e.num_classes)
         try:
-            probs = await e.route(x, t, y)
+            probs = await e.route(lay.x, lay.t, lay.y)
         except Exception as err:
             for j in jobs:
                 self._fail(j, err)
             return
-        lo = 0
-        for j in jobs:
-            j.probs, lo = probs[lo:lo + j.n], lo + j.n
-        self.counters.router_rows += probs.shape[0]
+        for j, (lo, hi) in zip(jobs, lay.spans):
+            j.probs = probs[lo:hi]
+        self.counters.router_rows += lay.rows
         for _ in range(K + 1):
             before = len(jobs)
             jobs, sel = self._select(jobs, self.health.healthy())
             if not jobs:
                 return
             if len(jobs) != before:  # some failed (onExpertFailure: fail): lay the others out again
-                layout = self._layout(jobs)
-            x, t, y, text, g, cfg = layout
+                lay = lay_out(jobs, e.device, e.num_classes)
             width = max(i.shape[1] for i, _ in sel)
-            idx = torch.cat([torch.nn.functional.pad(i, (0, width - i.shape[1]), value=-1) for i, _ in sel])
-            w = torch.cat([torch.nn.functional.pad(wt, (0, width - wt.shape[1])) for _, wt in sel])
+            idx = _cat([F.pad(i, (0, width - i.shape[1]), value=-1) if i.shape[1] < width else i for i, _ in sel])
+            w = _cat([F.pad(wt, (0, width - wt.shape[1])) if wt.shape[1] < width else wt for _, wt in sel])
             groups = group_rows(idx, K)
-            batches = {k: ExpertBatch(x[rows], t[rows], None if y is None else y[rows],
-                                      None if text is None else (text[0][rows], text[1][rows]), g[rows], cfg[rows])
-                       for k, rows, _ in groups}
+            batches = {k: lay.batch(rows) for k, rows, _ in groups}
             outs = await e.velocities(batches)
             down = [k for k, o in outs.items() if isinstance(o, ExpertDown)]
             other = next((o for o in outs.values() if isinstance(o, BaseException) and not isinstance(o, ExpertDown)),
@@ -303,21 +279,32 @@ class Scheduler:
             for j in jobs:
                 self._fail(j, NoHealthyExpert("experts kept failing during this step; retry in a few seconds"))
             return
-        v = combine(x, w, groups, [outs[k] for k, _, _ in groups])
-        self.counters.tick(x.shape[0], {k: batches[k] for k, _, _ in groups})
-        lo = 0
-        for j, (ij, _) in zip(jobs, sel):
-            used = sorted(k for k in ij.unique().tolist() if k >= 0)
-            for k in used:
-                j.rows[k] += int((ij == k).any(dim=1).sum())
-            j.per_step.append(used)
-            j.tick_rows += x.shape[0]
-            j.ticks += 1
-            j.x = j.sampler.step(v[lo:lo + j.n], j.i, j.x)
+        v = combine(lay.x, w, groups, [outs[k] for k, _, _ in groups])
+        self.counters.tick(lay.rows, batches)
+        self._account(jobs, lay, groups)
+        for j, (lo, hi) in zip(jobs, lay.spans):
+            j.x = j.sampler.step(v[lo:hi], j.i, j.x)
             j.i += 1
-            lo += j.n
             if j.done:
                 self._finish(j)
+
+    @staticmethod
+    def _account(jobs: list[_Job], lay, groups) -> None:
+        """Per request: the rows each expert evaluated, the experts used this step, the tick's size."""
+        if len(jobs) == 1:
+            counts = [[rows.numel() for _, rows, _ in groups]]
+        else:
+            owner = torch.repeat_interleave(torch.arange(len(jobs), device=lay.x.device),
+                                            torch.tensor([hi - lo for lo, hi in lay.spans], device=lay.x.device))
+            counts = torch.stack([torch.bincount(owner[rows], minlength=len(jobs)) for _, rows, _ in groups],
+                                 dim=1).tolist()
+        for j, row in zip(jobs, counts):
+            used = [k for (k, _, _), c in zip(groups, row) if c]
+            for (k, _, _), c in zip(groups, row):
+                j.rows[k] += int(c)
+            j.per_step.append(used)
+            j.tick_rows += lay.rows
+            j.ticks += 1
 
     def _finish(self, j: _Job) -> None:
         now = time.perf_counter()
@@ -327,3 +314,7 @@ class Scheduler:
         self.counters.done += 1
         if not j.future.done():
             j.future.set_result(out)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
