@@ -43,7 +43,7 @@ class ReplicaOptions:
     sequence_parallel: int = 1
     rank_cpus: float = DEFAULT_RANK_CPUS
     rank_gpus: float = 0.0
-    expert_timeout_s: float = 30.0     # one expert call (distributed), a rank-group call included
+    expert_timeout_s: float = 60.0     # one expert call (distributed), a rank-group call included
     retry_after_s: float = 2.0         # how long a failed expert sits out
     health_poll_s: float = 0.5
     app_name: str = "atoll"

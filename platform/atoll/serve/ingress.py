@@ -49,7 +49,7 @@ class IngressOptions:
     how long a failed expert sits out (distributed mode), the per-call expert timeout."""
 
     app_name: str = "atoll"
-    expert_timeout_s: float = 30.0
+    expert_timeout_s: float = 60.0
     request_timeout_s: float = 600.0
     retry_after_s: float = 2.0
     health_poll_s: float = 0.5
