@@ -52,6 +52,14 @@ def s3_with_keys() -> JobSpec:
 
 
 def serving() -> JobSpec:
+    """Distributed serving: a router (scheduler) replica and autoscaled per-expert deployments."""
     return job(partition={"k": 4, "fineClusters": 32},
-               serve={"router": {"numGpus": 0.25}, "experts": {"numReplicas": "auto", "minReplicas": 1,
-                                                               "maxReplicas": 3, "numGpus": 1}})
+               serve={"mode": "distributed", "router": {"numGpus": 0.25},
+                      "experts": {"numReplicas": "auto", "minReplicas": 1, "maxReplicas": 3, "numGpus": 1}})
+
+
+def ensemble_serving() -> JobSpec:
+    """The default serving: autoscaled ensemble replicas (router + all experts on one GPU each), with an API key."""
+    return job(partition={"k": 4, "fineClusters": 32},
+               serve={"ensemble": {"numReplicas": "auto", "minReplicas": 2, "maxReplicas": 6, "numGpus": 1},
+                      "auth": {"apiKeySecret": "atoll-api", "apiKeySecretKey": "token"}})

@@ -122,9 +122,13 @@ BAD = [
     (["--set", "training.islands[0].name=a,training.islands[0].experts[0]=0,training.islands[0].gpus=-2"],
      "/training/islands/0/gpus"),
     (["--set", "serve.gpus=-1"], "/serve/gpus"),
-    (["--set", "serve.enabled=true,store.uri=s3://b,jobSpec.a=1"], "serve.numExperts is required"),
-    (["--set", "serve.enabled=true,store.uri=s3://b,jobSpec.a=1,serve.numExperts=2,"
+    (["--set", "serve.enabled=true,serve.mode=distributed,store.uri=s3://b,jobSpec.a=1"],
+     "serve.numExperts is required"),
+    (["--set", "serve.enabled=true,serve.mode=distributed,store.uri=s3://b,jobSpec.a=1,serve.numExperts=2,"
       "serve.experts.overrides.2.numReplicas=3"], "serve.experts.overrides has expert 2, but serve.numExperts is 2"),
+    (["--set", "serve.mode=fast"], "/serve/mode"),
+    (["--set", "serve.auth.apiKeySecret=Not_A_Name"], "/serve/auth/apiKeySecret"),
+    (["--set", "serve.auth.apiKey=plaintext"], "additional properties 'apiKey' not allowed"),
     (["--set", "serve.experts.overrides.first.numReplicas=3"], "does not match pattern"),
     (["--set", "serve.experts.overrides.0.deploymentNameFormat=x"], "additional properties 'deploymentNameFormat'"),
     (["--set", "serve.experts.deploymentName=Expert"], "additional properties 'deploymentName' not allowed"),

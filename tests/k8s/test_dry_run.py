@@ -76,8 +76,10 @@ SERVE_SPECS = {
                                       experts={"model": "DiT-XS/2", "mode": "monolith"}),
     "k6-batching-and-prefix": lambda: k8s_specs.job(
         partition={"k": 6, "fineClusters": 32},
-        serve={"routePrefix": "/atoll", "router": {"numReplicas": "auto", "maxReplicas": 2, "maxBatchSize": 32},
+        serve={"mode": "distributed", "routePrefix": "/atoll",
+               "router": {"numReplicas": "auto", "maxReplicas": 2, "maxBatchSize": 32},
                "experts": {"numReplicas": 2, "numCpus": 0.5, "maxBatchSize": 2}}),
+    "k4-ensemble-autoscaled-with-key": k8s_specs.ensemble_serving,
 }
 
 
@@ -105,4 +107,22 @@ def test_rayservice_deployments_equal_the_serve_config(helm, tmp_path, name):
         assert (got["import_path"], got["route_prefix"]) == (want["import_path"], want["route_prefix"])
         assert got["args"]["spec"] == want["args"]["spec"]
     names = [d["name"] for d in rendered[0]["deployments"]]
-    assert names == ["Router"] + [f"Expert-{k:03d}" for k in range(job.spec.num_experts)]
+    if job.spec.serve.mode == "distributed":
+        assert names == ["Router"] + [f"Expert-{k:03d}" for k in range(job.spec.num_experts)]
+    else:
+        assert names == ["Ensemble"]  # the router and every expert in one deployment
+
+
+def test_ensemble_serving_renders_one_pod_per_replica_and_the_api_key_from_its_secret(helm, tmp_path):
+    job = k8s_specs.ensemble_serving()
+    out = helm("template", job.name, str(CHART), values=chart_values(job, training=False, serving=True), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    svc = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "RayService")
+    assert validate(svc) == []
+    cluster = svc["spec"]["rayClusterConfig"]
+    group = cluster["workerGroupSpecs"][0]
+    assert (group["minReplicas"], group["maxReplicas"]) == (2, 6) and cluster["enableInTreeAutoscaling"] is True
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for pod in (cluster["headGroupSpec"]["template"], group["template"]):
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["ATOLL_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "atoll-api", "key": "token"}}

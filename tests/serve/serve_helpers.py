@@ -39,3 +39,4 @@ def save_tiny_run(root: str, name: str, k: int = 2, *, size: str = "DiT-XXS/2", 
     return job, run
 
 
+

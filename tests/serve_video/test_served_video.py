@@ -1,5 +1,5 @@
-"""A video run served on 127.0.0.1 with ``serve.sequenceParallel: 2``: each expert replica owns a group
-of 2 rank actors (Ulysses over gloo) that split every forward.
+"""A video run served on 127.0.0.1 with ``serve.sequenceParallel: 2`` (ensemble mode): the ensemble replica
+owns one group of 2 rank actors (Ulysses over gloo) per expert, which split every forward of that expert.
 
 The served clips equal the library's single-rank ``Ensemble.sample`` exactly (uint8), the groups
 really run with world size 2, a killed rank brings its whole group back (both ranks new) and the
@@ -25,8 +25,7 @@ serve:
   maxSteps: 20
   defaultSteps: 3
   sequenceParallel: 2
-  router: {numCpus: 0.2, maxBatchSize: 8, batchWaitTimeoutS: 0.002}
-  experts: {numCpus: 0.2, maxBatchSize: 8, batchWaitTimeoutS: 0.002}
+  ensemble: {numCpus: 0.2, maxBatchSize: 8}
 """
 REQUEST = {"n": 2, "class": 3, "steps": 3, "seed": 7, "guidance": 2.0}
 
@@ -81,7 +80,7 @@ def _gif_frames(data: bytes) -> np.ndarray:
 
 def _layouts(client) -> dict[str, dict]:
     body = client.get("/v1/experts").json()
-    return {e["deployment"]: e["parallel"] for e in body["experts"]}
+    return {f"Expert-{e['id']:03d}": e["parallel"] for e in body["experts"]}
 
 
 def test_experts_report_the_video_shape_and_two_rank_groups(client):
@@ -174,7 +173,7 @@ def test_a_killed_rank_restarts_its_whole_group_and_the_video_is_the_same(client
     assert after["Expert-001"]["generation"] == before["Expert-001"]["generation"]  # the other group untouched
 
     # during requests: kill rank 0 of Expert-001 while a client keeps asking. One client only: concurrent
-    # requests share batched forwards (@serve.batch), whose float results may differ in the last bit
+    # requests share batched forwards (continuous batching), whose float results may differ in the last bit
     # from an unbatched forward (docs/serving.md), and this test compares videos exactly.
     results, stop = [], threading.Event()
 

@@ -96,8 +96,11 @@ def test_sequence_parallel_degree_is_checked_before_any_actor_starts(video_run):
     with pytest.raises(ValueError, match="serve.sequenceParallel = 2 is for video runs"):
         sequence_parallel_degree(ServeSpec.model_validate({"sequenceParallel": 2}), False, 4)
     assert sequence_parallel_degree(ServeSpec.model_validate({"sequenceParallel": 2}), True, 4) == 2
-    gpu = ServeSpec.model_validate({"sequenceParallel": 2, "experts": {"numGpus": 1}})
+    gpu = ServeSpec.model_validate({"sequenceParallel": 2, "mode": "distributed", "experts": {"numGpus": 1}})
     assert deployment_options(gpu.experts, 2)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert deployment_options(gpu.experts, 1)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
     doc = serve_config(run.uri, None, gpu, 2, video=True)
-    assert doc["applications"][0]["deployments"][1]["ray_actor_options"]["num_gpus"] == 0.0
+    assert doc["applications"][0]["deployments"][1]["ray_actor_options"]["num_gpus"] == 0.0  # the ranks take them
+    ens = ServeSpec.model_validate({"sequenceParallel": 2, "ensemble": {"numGpus": 1}})
+    (dep,) = serve_config(run.uri, None, ens, 2, video=True)["applications"][0]["deployments"]
+    assert dep["name"] == "Ensemble" and dep["ray_actor_options"]["num_gpus"] == 0.0

@@ -114,7 +114,7 @@ def test_recipe_that_is_not_a_mapping(tmp_path):
     None,
     MINIMAL + "  experts: {recipe: dit-xs, training: {steps: 3, gradClip: null}}\n"
               "  islands: {islands: [{name: a, experts: [0, 1]}, {name: b}]}\n"
-              "  serve: {experts: {numReplicas: auto}}\n  store: {uri: s3://bkt/p, s3: {region: eu-west-1}}\n",
+              "  serve: {mode: distributed, experts: {numReplicas: auto}}\n  store: {uri: s3://bkt/p, s3: {region: eu-west-1}}\n",
 ], ids=["quickstart", "rich"])
 def test_dump_round_trips(text):
     spec = load(QUICKSTART) if text is None else loads(text)

@@ -93,7 +93,7 @@ atoll.dev/island: {{ .island }}
 
 {{/*
 A Ray pod template. Takes the dict of "atoll.labels" plus: container (ray-head|ray-worker),
-configMap, resources, gpus, nodeSelector, tolerations.
+configMap, resources, gpus, nodeSelector, tolerations, and optionally extraEnv (a list of EnvVar).
 */}}
 {{- define "atoll.podTemplate" -}}
 {{- $v := .root.Values -}}
@@ -116,6 +116,9 @@ spec:
       imagePullPolicy: {{ $v.image.pullPolicy }}
       env:
         {{- include "atoll.env" .root | nindent 8 }}
+        {{- with .extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- with $v.envFrom }}
       envFrom:
         {{- toYaml . | nindent 8 }}

@@ -114,12 +114,17 @@ def _deployment(d: DeploymentSpec) -> dict:
 
 
 def _serve_pods(job: JobSpec) -> tuple[int, int, int]:
-    """(workers, maxWorkers, gpus per worker): one worker pod per deployment replica."""
+    """(workers, maxWorkers, gpus per worker): one worker pod per model replica (ensemble replicas in
+    ``serve.mode: ensemble``; router + expert replicas in ``distributed``)."""
     s, k = job.spec.serve, job.spec.num_experts
 
     def bounds(d: DeploymentSpec) -> tuple[int, int]:
         return (d.min_replicas, d.max_replicas) if d.num_replicas == "auto" else (d.num_replicas, d.num_replicas)
 
+    if s.mode == "ensemble":
+        lo, hi = bounds(s.ensemble)
+        workers = max(1, lo)
+        return workers, max(workers, hi), math.ceil(s.ensemble.num_gpus)
     (r_min, r_max), (e_min, e_max) = bounds(s.router), bounds(s.experts)
     workers = max(1, r_min + k * e_min)
     gpus = math.ceil(max(s.router.num_gpus, s.experts.num_gpus))
@@ -184,11 +189,16 @@ def chart_values(job: JobSpec, *, image: str | None = None, s3_secret: str | Non
         values["image"] = _split_image(image)
     if serving:
         workers, max_workers, gpus = _serve_pods(job)
+        sv = job.spec.serve
         values["serve"].update({"workers": workers, "maxWorkers": max_workers, "gpus": gpus,
-                                "routePrefix": job.spec.serve.route_prefix,
+                                "routePrefix": sv.route_prefix, "mode": sv.mode,
                                 "numExperts": job.spec.num_experts,
-                                "router": _deployment(job.spec.serve.router),
-                                "experts": _deployment(job.spec.serve.experts)})
+                                "auth": {"apiKeySecret": sv.auth.api_key_secret or "",
+                                         "apiKeySecretKey": sv.auth.api_key_secret_key,
+                                         "apiKeyEnv": sv.auth.api_key_env},
+                                "ensemble": _deployment(sv.ensemble),
+                                "router": _deployment(sv.router),
+                                "experts": _deployment(sv.experts)})
     return values
 
 

@@ -1,7 +1,8 @@
-"""Serving a trained run over HTTP with Ray Serve: ingress (FastAPI) + Router + one deployment per expert.
+"""Serving a trained run over HTTP with Ray Serve: an ingress (FastAPI) and a continuous-batching scheduler.
 
 ``build_app(job | run_uri) -> Application`` (``app.py``), ``app_builder(args)`` for ``serve run`` /
-Serve config files, the HTTP schema (``schema.py``), the per-request loop (``denoise.py``).
+Serve config files, the HTTP schema (``schema.py``, ``openai_schema.py``, ``api_models.py``), the
+scheduler (``scheduler.py``, pure asyncio + torch) and the deployments around it (``deployments.py``).
 See docs/serving.md.
 """
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """The Serve application: ``build_app(job | run_uri) -> Application``.
 
-Graph (``.bind()``)::
+Graphs (``.bind()``), by ``serve.mode``::
 
-    Ingress (FastAPI, HTTP)  --handle-->  Router
-                             --handles--> Expert-000, Expert-001, ...  (one deployment per expert)
+    ensemble (default)   Ingress (FastAPI) --1 call per request--> Ensemble (router + all K experts,
+                                                                   continuous batching in-process)
+    distributed          Ingress --1 call per request--> Router (scheduler + router)
+                                                           --1 call per tick--> Expert-000, Expert-001, ...
 
-Every deployment gets its replicas / autoscaling / resources / batching from ``spec.serve``.
-Video runs with ``serve.sequenceParallel: N > 1``: each expert replica owns N rank actors
-(``rank_group.py``) that split every forward over their tokens (GPUs, when ``numGpus > 0``, go to
-the ranks, one each, not to the replica).
+Every deployment gets its replicas / autoscaling / resources / rows per tick from ``spec.serve``
+(``ensemble``, ``router``, ``experts``). Video runs with ``serve.sequenceParallel: N > 1``: each
+expert is a group of N rank actors (``rank_group.py``) owned by the replica that computes it; GPUs,
+when ``numGpus > 0``, go to the ranks, one each, not to the replica.
 ``app_builder(args)`` is the same builder for ``serve run`` / ``serve deploy`` / KubeRay RayService
 (``import_path: atoll.serve.app:app_builder``, ``args: {run_uri, spec}``); ``serve_config``
 writes that config file.
@@ -24,14 +26,18 @@ from atoll.serve.runinfo import RunSource, deployment_name, expert_heads, run_fa
 from atoll.serve.schema import Limits
 from atoll.spec.models import DeploymentSpec, ServeSpec
 
+ENSEMBLE_NAME = "Ensemble"
 ROUTER_NAME = "Router"
 #: logical CPUs of each sequence-parallel rank actor (a GPU rank gets 1 GPU besides)
 RANK_CPUS = DEFAULT_RANK_CPUS
 INGRESS_NAME = "Ingress"
+#: Serve's health check of a model replica: a tick or a rank-group restart must fit in it on a slow machine
+HEALTH_CHECK = {"health_check_period_s": 10.0, "health_check_timeout_s": 60.0}
 
 
 def deployment_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
-    """``.options(...)`` of a model deployment from its spec (``num_replicas: auto`` -> autoscaling).
+    """``.options(...)`` of a model deployment from its spec (``num_replicas: auto`` -> autoscaling on
+    ongoing requests).
 
     ``sequence_parallel > 1``: the replica's rank actors take the GPUs, the replica asks for none.
     """
@@ -44,6 +50,14 @@ def deployment_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
     else:
         opts["num_replicas"] = d.num_replicas
     return opts
+
+
+def model_deployments(spec: ServeSpec, num_experts: int, sequence_parallel: int = 1) -> list[tuple[str, dict]]:
+    """``(name, options)`` of the app's model deployments in ``spec.serve.mode``, scheduler first."""
+    if spec.mode == "ensemble":
+        return [(ENSEMBLE_NAME, deployment_options(spec.ensemble, sequence_parallel))]
+    return [(ROUTER_NAME, deployment_options(spec.router))] + [
+        (deployment_name(k), deployment_options(spec.experts, sequence_parallel)) for k in range(num_experts)]
 
 
 def resolve_target(target: Any, serve_spec: ServeSpec | None = None, s3=None) -> tuple[RunSource, ServeSpec]:
@@ -70,32 +84,42 @@ def resolve_target(target: Any, serve_spec: ServeSpec | None = None, s3=None) ->
 
 
 def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
-              options: IngressOptions | None = None):
+              options: IngressOptions | None = None, environ: dict | None = None):
     """The Serve ``Application`` for a trained run (``target``: JobSpec, job YAML or run URI).
 
     Reads only small JSON files from the store here (``RunNotFound`` if the run is incomplete);
-    the replicas load the weights.
+    the replicas load the weights. ``environ`` (default ``os.environ``) holds the API key, if any.
     """
     from ray import serve
 
-    from atoll.serve.deployments import ExpertModel, RouterModel
+    from atoll.serve.auth import api_key_digest
+    from atoll.serve.deployments import EnsembleReplica, ExpertModel, ReplicaOptions
     from atoll.serve.ingress import make_ingress
 
     source, spec = resolve_target(target, serve_spec, s3)
     store = source.open()
     facts = run_facts(store)
+    K = facts.num_experts
     sp = sequence_parallel_degree(spec, facts.is_video, expert_heads(store, 0))
-    r, e = spec.router, spec.experts
-    router = serve.deployment(RouterModel, name=ROUTER_NAME, **deployment_options(r)).bind(
-        source, facts.num_experts, r.max_batch_size, r.batch_wait_timeout_s)
-    rank_gpus = 1.0 if e.num_gpus > 0 else 0.0
-    experts = [serve.deployment(ExpertModel, name=deployment_name(k), **deployment_options(e, sp)).bind(
-        source, k, e.max_batch_size, e.batch_wait_timeout_s, sp, RANK_CPUS, rank_gpus)
-        for k in range(facts.num_experts)]
-    ingress = serve.deployment(make_ingress(), name=INGRESS_NAME, max_ongoing_requests=256,
-                               ray_actor_options={"num_cpus": 0.1})
+    opts = options or IngressOptions()
+    rank_gpus = 1.0 if (spec.ensemble if spec.mode == "ensemble" else spec.experts).num_gpus > 0 else 0.0
+    (name, dopts), *expert_deps = model_deployments(spec, K, sp)
+    sched = spec.ensemble if spec.mode == "ensemble" else spec.router
+    replica = ReplicaOptions(mode=spec.mode, max_rows=sched.max_batch_size, on_expert_failure=spec.on_expert_failure,
+                             num_gpus=dopts["ray_actor_options"]["num_gpus"], sequence_parallel=sp,
+                             rank_cpus=RANK_CPUS, rank_gpus=rank_gpus, expert_timeout_s=opts.expert_timeout_s,
+                             retry_after_s=opts.retry_after_s, health_poll_s=opts.health_poll_s,
+                             app_name=opts.app_name)
+    experts = None
+    if spec.mode == "distributed":
+        experts = [serve.deployment(ExpertModel, name=n, **o, **HEALTH_CHECK).bind(
+            source, k, spec.experts.num_gpus, sp, RANK_CPUS, rank_gpus) for k, (n, o) in enumerate(expert_deps)]
+    backend = serve.deployment(EnsembleReplica, name=name, **dopts, **HEALTH_CHECK).bind(source, replica, experts)
+    ingress = serve.deployment(make_ingress(api_key_digest(spec.auth, environ)), name=INGRESS_NAME,
+                               max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
     limits = Limits(spec.max_samples, spec.max_steps, min(spec.default_steps, spec.max_steps))
-    return ingress.bind(source, router, experts, limits, options or IngressOptions(), sp)
+    models = ("atoll", store.uri.rstrip("/").rsplit("/", 1)[-1])
+    return ingress.bind(source, backend, limits, opts, sp, spec.mode, name, models)
 
 
 def sequence_parallel_degree(spec: ServeSpec, is_video: bool, num_heads: int) -> int:
@@ -141,16 +165,15 @@ def serve_config(run_uri: str | None, spec_path: str | None, spec: ServeSpec, nu
                  name: str = "atoll", video: bool = False) -> dict:
     """A Serve config file (``serve deploy`` / RayService ``serveConfigV2``) for this app."""
     sp = spec.sequence_parallel if video else 1
-    deps = [dict(name=ROUTER_NAME, **_config_options(spec.router))]
-    deps += [dict(name=deployment_name(k), **_config_options(spec.experts, sp)) for k in range(num_experts)]
+    deps = [dict(name=n, **_config_options(o)) for n, o in model_deployments(spec, num_experts, sp)]
     args = {k: v for k, v in {"run_uri": run_uri, "spec": spec_path}.items() if v}
     return {"http_options": {"host": spec.host, "port": spec.port},
             "applications": [{"name": name, "import_path": "atoll.serve.app:app_builder",
                               "route_prefix": spec.route_prefix, "args": args, "deployments": deps}]}
 
 
-def _config_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
-    opts = deployment_options(d, sequence_parallel)
-    if d.num_replicas == "auto":
-        opts["num_replicas"] = "auto"
-    return opts
+def _config_options(opts: dict) -> dict:
+    out = dict(opts)
+    if "autoscaling_config" in out:
+        out["num_replicas"] = "auto"
+    return out

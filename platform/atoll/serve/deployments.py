@@ -1,136 +1,275 @@
-"""The model deployments: the router and one expert each, with ``@serve.batch`` so that
-concurrent requests share one forward pass.
+"""The model deployments (thin shells around ``scheduler.Scheduler``; the Ray calls of serving live here).
 
-Both load their weights from the store themselves (file or S3) and reuse the ensemble's
-maths (``atoll.sampling.ensemble.route_probs`` / ``expert_forward``): a batch of one request
-computes exactly what the library computes for that request.
+* ``EnsembleReplica`` runs the continuous-batching scheduler. In ``ensemble`` mode (the default) it
+  holds the router and all K experts on its device (its GPU when ``numGpus > 0``; with
+  ``serve.sequenceParallel: N`` each expert is a group of N rank actors it owns). In
+  ``distributed`` mode (deployment ``Router``) it holds the router and calls the ``Expert-00k``
+  deployments once per tick with all the rows that chose them (``RemoteExpert``).
+* ``ExpertModel`` is one expert deployment of distributed mode: ``velocity(ExpertBatch)``.
+
+Every replica loads its weights from the store itself (file or S3) and places them through
+``atoll.devices``; one request alone computes exactly what ``Ensemble.sample`` computes.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import uuid
+from dataclasses import dataclass
 
 import torch
-from ray import serve
 
-from atoll.sampling.ensemble import expert_forward, route_probs
+from atoll.devices import Placement, for_replica, place
 from atoll.sampling.runs import checkpoint_prefix
-from atoll.serve.rank_group import DEFAULT_RANK_CPUS
-from atoll.serve.runinfo import RunSource
+from atoll.serve.engine import LocalEngine
+from atoll.serve.expert_batch import ExpertBatch, batch_velocity
+from atoll.serve.rank_group import DEFAULT_RANK_CPUS, RankGroupError
+from atoll.serve.routing import ExpertDown, Health, cause_of
+from atoll.serve.runinfo import RunSource, deployment_name
+from atoll.serve.scheduler import Outcome, Scheduler, Work
+
+log = logging.getLogger("atoll.serve")
 
 
-def _load(source: RunSource, prefix: str):
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """What a scheduler replica needs besides the run (picklable, from ``build_app``)."""
+
+    mode: str = "ensemble"             # ensemble | distributed
+    max_rows: int = 64                 # rows per tick (serve.<ensemble|router>.maxBatchSize)
+    on_expert_failure: str = "reroute"
+    num_gpus: float = 0.0
+    sequence_parallel: int = 1
+    rank_cpus: float = DEFAULT_RANK_CPUS
+    rank_gpus: float = 0.0
+    expert_timeout_s: float = 60.0     # one expert call (distributed), a rank-group call included
+    retry_after_s: float = 2.0         # how long a failed expert sits out
+    health_poll_s: float = 0.5
+    app_name: str = "atoll"
+
+
+def replica_placement(num_gpus: float, sequence_parallel: int = 1) -> Placement:
+    """The device of a model replica: its GPU when it has one; with sequence-parallel ranks the ranks
+    take the GPUs and the replica (router only) stays on the CPU."""
+    return for_replica(0.0 if sequence_parallel > 1 else num_gpus)
+
+
+def load_model(store, prefix: str, placement: Placement, what: str) -> torch.nn.Module:
+    """A committed checkpoint loaded straight onto the placement's device, every tensor checked there."""
     from atoll.models.checkpoint import from_pretrained
 
-    return from_pretrained(source.open(), prefix, map_location="cpu").eval()
+    return place(from_pretrained(store, prefix, map_location=placement.device), placement, what).eval()
 
 
-def _configure(method, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-    method.set_max_batch_size(max_batch_size)
-    method.set_batch_wait_timeout_s(batch_wait_timeout_s)
+def _rank_group(source: RunSource, store, k: int, opts: ReplicaOptions):
+    from atoll.models.checkpoint import load_config
+    from atoll.serve.rank_group import RankGroup
+    from atoll.serve.runinfo import expert_heads
+
+    if load_config(store, checkpoint_prefix(k)).get("kind") != "vdit":
+        raise ValueError(f"serve.sequenceParallel = {opts.sequence_parallel} is for video experts; expert {k} "
+                         "is an image model: set serve.sequenceParallel: 1")
+    return RankGroup(source, checkpoint_prefix(k), opts.sequence_parallel, num_heads=expert_heads(store, k),
+                     num_cpus=opts.rank_cpus, num_gpus=opts.rank_gpus,
+                     label=f"{deployment_name(k)}-{uuid.uuid4().hex[:8]}",
+                     call_timeout_s=max(30.0, opts.expert_timeout_s))
 
 
-class RouterModel:
-    """``route((x_t, t, y)) -> probs [B, K]``; no router (one expert) gives ones ``[B, 1]``."""
+class GroupExpert:
+    """A sequence-parallel rank group as an async expert; a group that cannot recover is ``ExpertDown``."""
 
-    def __init__(self, source: RunSource, num_experts: int, max_batch_size: int = 8,
-                 batch_wait_timeout_s: float = 0.01):
-        self.router = _load(source, checkpoint_prefix(None)) if num_experts > 1 else None
-        _configure(self.route, max_batch_size, batch_wait_timeout_s)
+    def __init__(self, k: int, group):
+        self.k, self.group = k, group
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def route(self, items: list[tuple]) -> list[torch.Tensor]:
-        if len(items) == 1:
-            return [route_probs(self.router, *items[0])]
-        sizes = [it[0].shape[0] for it in items]
-        x, t = torch.cat([it[0] for it in items]), torch.cat([it[1] for it in items])
-        # the null class stands in for unconditional requests batched with conditional ones
-        null = int(getattr(getattr(self.router, "config", None), "num_classes", 0))
-        y = torch.cat([it[2] if it[2] is not None else torch.full((it[0].shape[0],), null, dtype=torch.long)
-                       for it in items])
-        probs = route_probs(self.router, x, t, y)
-        return list(probs.split(sizes))
+    async def __call__(self, b: ExpertBatch) -> torch.Tensor:
+        try:
+            return await self.group.velocity(b.compact())
+        except RankGroupError as e:
+            raise ExpertDown(self.k, str(e)) from e
+
+
+def _replica_gone(err: BaseException) -> bool:
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(err, (RayActorError, BackPressureError, RankGroupError, asyncio.TimeoutError, TimeoutError))
+
+
+class RemoteExpert:
+    """Expert ``k`` behind its deployment handle: one call per tick; a dead replica is retried on another
+    running replica (at most twice), and with none left the call is ``ExpertDown``."""
+
+    def __init__(self, k: int, handle, owner: "EnsembleReplica"):
+        self.k, self.handle, self.owner = k, handle, owner
+
+    async def __call__(self, b: ExpertBatch) -> torch.Tensor:
+        payload, attempts = b.compact(), 0
+        while True:
+            resp = self.handle.velocity.remote(payload)
+            try:
+                return await asyncio.wait_for(_awaited(resp), self.owner.options.expert_timeout_s)
+            except Exception as e:
+                if isinstance(e, asyncio.TimeoutError):
+                    resp.cancel()
+                err = cause_of(e)
+                if not _replica_gone(err):
+                    raise
+                attempts += 1
+                others = self.owner.running(deployment_name(self.k)) - attempts
+                if attempts > 2 or others <= 0:
+                    raise ExpertDown(self.k, f"{deployment_name(self.k)}: {type(err).__name__}: {err}") from e
+                self.owner.scheduler.counters.expert_retries += 1
+                log.warning("%s: a replica failed (%s); retrying on another", deployment_name(self.k),
+                            type(err).__name__)
+                await asyncio.sleep(0.05 * attempts)
+
+
+async def _awaited(resp):
+    return await resp
+
+
+class EnsembleReplica:
+    """The scheduler replica (see the module docstring). ``experts``: the expert deployments' handles
+    (distributed mode); None: the experts live in this replica."""
+
+    def __init__(self, source: RunSource, options: ReplicaOptions = ReplicaOptions(), experts: list | None = None):
+        from atoll.models.checkpoint import load_config
+        from atoll.serve.runinfo import run_facts
+
+        self.options = opts = options
+        self.placement = replica_placement(opts.num_gpus, 1 if experts is not None else opts.sequence_parallel)
+        self.placement.activate()
+        store = source.open()
+        facts = run_facts(store)
+        K = facts.num_experts
+        router = load_model(store, checkpoint_prefix(None), self.placement, "router") if K > 1 else None
+        self.groups: list = []
+        if experts is not None:
+            runners: list = [RemoteExpert(k, h, self) for k, h in enumerate(experts)]
+        elif opts.sequence_parallel > 1:
+            self.groups = [_rank_group(source, store, k, opts) for k in range(K)]
+            runners = [GroupExpert(k, g) for k, g in enumerate(self.groups)]
+        else:
+            runners = [load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}") for k in range(K)]
+        num_classes = int(load_config(store, checkpoint_prefix(0))["config"].get("num_classes") or 0)
+        encoder = None
+        if facts.text_conditioned:
+            from atoll.models.text import TextEncoder
+
+            device = str(self.placement.device)
+            encoder = lambda: TextEncoder(device=device)  # noqa: E731  (loads on the first prompt)
+        self.engine = LocalEngine(router, runners, device=self.placement.device, num_classes=num_classes,
+                                  image_shape=facts.image_shape, text_encoder=encoder)
+        self.scheduler = Scheduler(self.engine, max_rows=opts.max_rows, on_expert_failure=opts.on_expert_failure,
+                                   health=Health(K, opts.retry_after_s))
+        self._running: dict[str, int] = {}
+        self._poller: asyncio.Task | None = None
+        self._remote = experts is not None
+        log.info("%s replica on %s: %d experts, at most %d rows per tick", opts.mode, self.placement, K,
+                 opts.max_rows)
+
+    # -- distributed mode: which experts have running replicas -------------------------
+    def running(self, deployment: str) -> int:
+        return self._running.get(deployment, 1)
+
+    async def _poll(self) -> None:
+        from atoll.serve.status import running_replicas
+
+        K = self.engine.num_experts
+        while True:
+            try:
+                self._running = await asyncio.to_thread(running_replicas, self.options.app_name)
+                self.scheduler.health.set_status_down({k for k in range(K) if self.running(deployment_name(k)) == 0})
+            except Exception as e:  # the controller may be busy; keep the last state
+                log.debug("serve.status() failed: %s", e)
+            await asyncio.sleep(self.options.health_poll_s)
+
+    # -- calls --------------------------------------------------------------------------
+    async def generate(self, work: Work) -> Outcome:
+        if self._remote and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        return await self.scheduler.generate(work)
+
+    def stats(self) -> dict:
+        return {**self.scheduler.stats(), "mode": self.options.mode, "device": str(self.placement.device),
+                "placement": self.placement.reason, "pid": os.getpid()}
+
+    async def describe(self) -> dict:
+        """Per expert, where it runs (``parallel``: the rank group's layout, or one rank here / remote)."""
+        K = self.engine.num_experts
+        if self.groups:
+            layouts = [g.info() for g in self.groups]
+        elif self._remote:
+            async def one(k):
+                try:
+                    return await asyncio.wait_for(_awaited(self.engine.experts[k].handle.describe.remote()), 5.0)
+                except Exception as e:  # a replica down or restarting
+                    log.warning("describe of expert %d failed: %s", k, e)
+                    return None
+            layouts = list(await asyncio.gather(*[one(k) for k in range(K)]))
+        else:
+            layouts = [_single(self.placement) for _ in range(K)]
+        return {"layouts": layouts, "healthy": self.scheduler.health.healthy(), "stats": self.stats()}
+
+    def check_health(self) -> None:
+        """Serve's health check: unhealthy when a rank group is down (its restart failed), so Serve replaces us."""
+        bad = [g.label for g in self.groups if not g.alive]
+        if bad:
+            raise RuntimeError(f"rank groups {bad} are down")
+
+    def __del__(self):
+        for g in getattr(self, "groups", []):
+            try:
+                g.shutdown()
+            except Exception:  # interpreter teardown
+                pass
+
+
+def _single(placement: Placement) -> dict:
+    return {"sequence_parallel": 1, "world_size": 1, "generation": 0, "restarts": 0, "ranks": [],
+            "device": str(placement.device)}
 
 
 class ExpertModel:
-    """``velocity(x, t, y, guidance) -> v``: one expert on the rows that chose it (CFG per row).
+    """One expert deployment (distributed mode): ``velocity(ExpertBatch) -> v`` for all the rows of one tick.
 
-    ``sequence_parallel > 1`` (video experts only): the replica owns a ``RankGroup`` of that many
-    rank actors (``rank_group.py``, started here, torn down in ``shutdown``/``__del__``) and every
-    forward runs on it, split over the ranks' tokens; the replica itself loads no weights.
-    ``rank_num_cpus`` / ``rank_num_gpus``: what each rank actor asks of Ray.
+    With ``sequence_parallel > 1`` (video experts) the replica owns a ``RankGroup`` of that many
+    rank actors and every forward runs on it; the replica itself then loads no weights.
     """
 
-    def __init__(self, source: RunSource, k: int, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
-                 sequence_parallel: int = 1, rank_num_cpus: float = DEFAULT_RANK_CPUS,
-                 rank_num_gpus: float = 0.0):
+    def __init__(self, source: RunSource, k: int, num_gpus: float = 0.0, sequence_parallel: int = 1,
+                 rank_cpus: float = DEFAULT_RANK_CPUS, rank_gpus: float = 0.0):
+        from atoll.models.checkpoint import load_config
+
         self.k, self.sequence_parallel = k, int(sequence_parallel)
-        self.group = None
-        self.model = None
+        self.placement = replica_placement(num_gpus, self.sequence_parallel)
+        self.placement.activate()
+        store = source.open()
+        self.num_classes = int(load_config(store, checkpoint_prefix(k))["config"].get("num_classes") or 0)
+        self.group, self.model = None, None
         if self.sequence_parallel > 1:
-            from atoll.models.checkpoint import load_config
-            from atoll.serve.rank_group import RankGroup
-            from atoll.serve.runinfo import deployment_name, expert_heads
-
-            store = source.open()
-            meta = load_config(store, checkpoint_prefix(k))
-            if meta.get("kind") != "vdit":
-                raise ValueError(f"serve.sequenceParallel = {self.sequence_parallel} is for video experts; "
-                                 f"expert {k} is a {meta.get('kind')!r} model: set serve.sequenceParallel: 1")
-            self.num_classes = int(meta["config"].get("num_classes") or 0)
-            label = f"{deployment_name(k)}-{uuid.uuid4().hex[:8]}"
-            self.group = RankGroup(source, checkpoint_prefix(k), self.sequence_parallel,
-                                   num_heads=expert_heads(store, k), num_cpus=rank_num_cpus,
-                                   num_gpus=rank_num_gpus, label=label)
+            self.group = _rank_group(source, store, k, ReplicaOptions(sequence_parallel=self.sequence_parallel,
+                                                                      rank_cpus=rank_cpus, rank_gpus=rank_gpus))
         else:
-            self.model = _load(source, checkpoint_prefix(k))
-            self.num_classes = int(self.model.config.num_classes)
-        _configure(self.velocity, max_batch_size, batch_wait_timeout_s)
+            self.model = load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}")
 
-    async def _forward(self, x, t, y, g):
+    async def velocity(self, batch: ExpertBatch) -> torch.Tensor:
         if self.group is not None:
-            return await self.group.velocity(x, t, y, g)
-        return expert_forward(self.model, x, t, y, g, self.num_classes)
-
-    async def _group(self, items: list) -> list[torch.Tensor]:
-        """Items of one kind (all unconditional, all plain conditional, or all CFG) in one forward pass."""
-        if len(items) == 1:
-            return [await self._forward(*items[0])]
-        x, t = torch.cat([i[0] for i in items]), torch.cat([i[1] for i in items])
-        y = None if items[0][2] is None else torch.cat([i[2] for i in items])
-        cfg = y is not None and items[0][3] != 1.0
-        g = torch.cat([torch.full((i[0].shape[0],), float(i[3])) for i in items]) if cfg else 1.0
-        v = await self._forward(x, t, y, g)
-        return list(v.split([i[0].shape[0] for i in items]))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def velocity(self, items: list[tuple]) -> list[torch.Tensor]:
-        kinds: dict[str, list[int]] = {}
-        for j, (_, _, y, g) in enumerate(items):
-            kinds.setdefault("uncond" if y is None else ("plain" if g == 1.0 else "cfg"), []).append(j)
-        out: list = [None] * len(items)
-        with torch.no_grad():
-            for idx in kinds.values():
-                for j, v in zip(idx, await self._group([items[j] for j in idx])):
-                    out[j] = v
-        return out
+            return await self.group.velocity(batch)
+        return batch_velocity(self.model, batch.to(self.placement.device), self.num_classes).cpu()
 
     def describe(self) -> dict:
         """The replica's parallel layout: ``sequence_parallel``, the ranks' world size and each rank's facts."""
-        if self.group is None:
-            return {"sequence_parallel": 1, "world_size": 1, "generation": 0, "restarts": 0, "ranks": []}
-        return self.group.info()
+        return self.group.info() if self.group is not None else _single(self.placement)
 
     def check_health(self) -> None:
-        """Serve's health check: unhealthy when the rank group is down (a restart failed), so Serve replaces us."""
         if self.group is not None and not self.group.alive:
             raise RuntimeError(f"expert {self.k}: its {self.sequence_parallel}-rank group is down")
 
-    def shutdown(self) -> None:
-        if self.group is not None:
-            self.group.shutdown()
-
     def __del__(self):
         try:
-            self.shutdown()
+            if self.group is not None:
+                self.group.shutdown()
         except Exception:  # interpreter teardown
             pass

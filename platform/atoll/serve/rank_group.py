@@ -4,9 +4,10 @@
 (``STRICT_PACK``: the ranks share a node, so their process group can meet on 127.0.0.1).
 Every rank loads the expert from the run store, joins one torch.distributed group at
 ``tcp://127.0.0.1:<fresh port>`` (gloo on CPU; NCCL when the actor was given a GPU) and builds
-``UlyssesSequence(group, num_heads)``. ``await group.velocity(x, t, y, guidance)`` sends the same
-inputs to every rank; each rank runs exactly ``expert_forward(<the expert with seq=ulysses>, x, t,
-y, guidance, num_classes)`` and gets the whole velocity; rank 0's is returned.
+``UlyssesSequence(group, num_heads)``. ``await group.velocity(batch)`` sends the same
+``ExpertBatch`` to every rank; each rank runs exactly ``batch_velocity(<the expert with seq=ulysses>,
+batch, num_classes)`` (``expert_forward`` for a batch of one request) and gets the whole velocity;
+rank 0's is returned.
 
 When a rank fails (its actor died, a collective broke, or the call hung past ``call_timeout_s``)
 ALL ranks are killed and a new group (new actors, new placement group, new port) is started;
@@ -59,13 +60,14 @@ class RankWorker:
     def __init__(self, source, prefix: str, rank: int, world_size: int):
         import ray
 
+        from atoll.devices import for_replica, place
         from atoll.models.checkpoint import from_pretrained
 
         self.rank, self.world_size = rank, world_size
-        self.gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
-        self.backend = "nccl" if self.gpu else "gloo"
-        self.model = from_pretrained(source.open(), prefix, map_location=self.device).eval()
+        placement = for_replica(len(ray.get_gpu_ids())).activate()
+        self.gpu, self.device, self.backend = placement.is_cuda, placement.device, placement.backend
+        self.model = place(from_pretrained(source.open(), prefix, map_location=self.device), placement,
+                           f"{prefix} rank {rank}").eval()
         self.num_classes = int(self.model.config.num_classes)
         self.expert: SequenceParallelExpert | None = None
 
@@ -102,16 +104,13 @@ class RankWorker:
                 "pid": os.getpid(), "actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id()}
 
     @torch.no_grad()
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                 guidance: float | torch.Tensor) -> torch.Tensor:
-        from atoll.sampling.ensemble import expert_forward
+    def velocity(self, batch) -> torch.Tensor:
+        """This rank's share of one forward over an ``ExpertBatch``; every rank returns the whole velocity."""
+        from atoll.serve.expert_batch import batch_velocity
 
         if self.expert is None:
             raise RankGroupError(f"rank {self.rank} has not joined its process group")
-        d = self.device
-        g = guidance.to(d) if isinstance(guidance, torch.Tensor) else guidance
-        v = expert_forward(self.expert, x.to(d), t.to(d), None if y is None else y.to(d), g, self.num_classes)
-        return v.cpu()
+        return batch_velocity(self.expert, batch.to(self.device), self.num_classes).cpu()
 
     def leave(self) -> None:
         from atoll.parallel.groups import destroy
@@ -242,13 +241,13 @@ class RankGroup:
                 "ranks": [dict(r) for r in self.ranks]}
 
     # -- calls -------------------------------------------------------------------
-    async def _call(self, x, t, y, guidance) -> torch.Tensor:
+    async def _call(self, batch) -> torch.Tensor:
         import ray
 
         if not self.actors:
             raise RankGroupError(f"the rank group of {self.label} is down")
-        xr = ray.put(x)  # stored once; every rank reads the same object
-        futs = [asyncio.wrap_future(a.velocity.remote(xr, t, y, guidance).future()) for a in self.actors]
+        ref = ray.put(batch)  # stored once; every rank reads the same object
+        futs = [asyncio.wrap_future(a.velocity.remote(ref).future()) for a in self.actors]
         try:
             done, pending = await asyncio.wait(futs, timeout=self.call_timeout_s,
                                                return_when=asyncio.FIRST_EXCEPTION)
@@ -264,8 +263,7 @@ class RankGroup:
                 if not f.done():
                     f.cancel()
 
-    async def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                       guidance: float | torch.Tensor) -> torch.Tensor:
+    async def velocity(self, batch) -> torch.Tensor:
         """Rank 0's velocity; on a rank failure the whole group restarts and the call is retried once."""
         from ray.exceptions import RayError
 
@@ -275,7 +273,7 @@ class RankGroup:
             if not self.actors:  # a previous restart failed: try again before giving up
                 await asyncio.to_thread(self.restart)
             try:
-                return await self._call(x, t, y, guidance)
+                return await self._call(batch)
             except (RayError, TimeoutError, RankGroupError) as first:
                 log.warning("%s: a rank failed (%s: %s)", self.label, type(first).__name__, first)
                 try:
@@ -284,7 +282,7 @@ class RankGroup:
                     raise RankGroupError(f"a rank of {self.label} failed ({type(first).__name__}) and the "
                                          f"{self.n}-rank group could not be restarted: {e}") from first
                 try:
-                    return await self._call(x, t, y, guidance)
+                    return await self._call(batch)
                 except (RayError, TimeoutError, RankGroupError) as second:
                     raise RankGroupError(f"the {self.n}-rank group of {self.label} failed again after a restart: "
                                          f"{type(second).__name__}: {second}") from second

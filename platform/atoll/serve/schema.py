@@ -18,11 +18,13 @@ _STRATEGY = re.compile(r"full|top([1-9][0-9]*)")
 
 
 class RequestError(ValueError):
-    """A request the run cannot serve; ``status`` 422 unless said otherwise."""
+    """A request the run cannot serve; ``status`` 422 unless said otherwise (401: no or a wrong API key)."""
 
-    def __init__(self, field: str, message: str, limit: Any = None, status: int = 422):
+    def __init__(self, field: str, message: str, limit: Any = None, status: int = 422,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.field, self.message, self.limit, self.status = field, message, limit, status
+        self.headers = dict(headers or {})
 
     def body(self) -> dict:
         err = {"field": self.field, "message": self.message}
@@ -37,7 +39,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     class_: int | str | None = Field(None, alias="class", description="Class index or name; omit for unconditional.")
-    prompt: str | None = Field(None, description="Text prompt (text-conditioned runs only).")
+    prompt: str | None = Field(None, description="Text prompt (text-conditioned runs only; encoded by MiniLM).")
     n: int = Field(1, description="Number of images (1..serve.max_samples).")
     steps: int | None = Field(None, description="Euler steps (1..serve.max_steps); default serve.default_steps.")
     guidance: float = Field(1.0, ge=0.0, le=50.0, description="Classifier-free guidance scale (1 = off).")
@@ -92,6 +94,7 @@ class Resolved:
     strategy: str
     format: str
     scale: int
+    prompt: str | None = None
 
 
 def _strategy(req: GenerateRequest, k: int) -> str:
@@ -116,22 +119,32 @@ def _label(req: GenerateRequest, facts: RunFacts) -> int | None:
     if req.prompt is not None:
         if not facts.text_conditioned:
             raise RequestError("prompt", "this run is not text-conditioned; pass a class instead of a prompt")
-        raise RequestError("prompt", "prompt serving is not implemented yet for text-conditioned runs", status=501)
+        if req.class_ is not None:
+            raise RequestError("class", "pass either a prompt or a class, not both")
+        return None
     if req.class_ is None:
         return None
+    if facts.text_conditioned:
+        raise RequestError("class", "this run is text-conditioned: pass a prompt (e.g. \"a sneaker\") instead of a "
+                                    "class")
+    return class_label(req.class_, facts)
+
+
+def class_label(value: int | str, facts: RunFacts, field: str = "class") -> int:
+    """A class by index (``3``, ``"3"``) or name (case-insensitive); ``RequestError`` naming ``field``."""
     names = list(facts.class_names[: facts.num_classes])
     if facts.num_classes == 0:
-        raise RequestError("class", "this run is unconditional; leave the class out", limit=0)
-    s = str(req.class_).strip()
-    if isinstance(req.class_, int) or s.lstrip("-").isdigit():
+        raise RequestError(field, f"this run is unconditional; leave the {field} out", limit=0)
+    s = str(value).strip()
+    if isinstance(value, int) or s.lstrip("-").isdigit():
         k = int(s)
         if not 0 <= k < facts.num_classes:
-            raise RequestError("class", f"class {k} is out of range 0..{facts.num_classes - 1}", limit=names or
+            raise RequestError(field, f"class {k} is out of range 0..{facts.num_classes - 1}", limit=names or
                                facts.num_classes - 1)
         return k
     lower = [c.lower() for c in names]
     if s.lower() not in lower:
-        raise RequestError("class", f"class {s!r} is unknown", limit=names)
+        raise RequestError(field, f"class {s!r} is unknown", limit=names)
     return lower.index(s.lower())
 
 
@@ -161,7 +174,7 @@ def resolve(req: GenerateRequest, limits: Limits, facts: RunFacts) -> Resolved:
                            limit=["png", "json"])
     label = _label(req, facts)
     return Resolved(label=label, n=req.n, steps=steps, guidance=float(req.guidance), seed=req.seed,
-                    strategy=_strategy(req, facts.num_experts), format=fmt, scale=req.scale)
+                    strategy=_strategy(req, facts.num_experts), format=fmt, scale=req.scale, prompt=req.prompt)
 
 
 def validation_error_body(errors: list[dict]) -> dict:

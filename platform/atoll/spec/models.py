@@ -312,6 +312,13 @@ class SampleSpec(Base):
 
 
 class DeploymentSpec(Base):
+    """One Serve deployment's replicas, resources and batch size.
+
+    ``maxBatchSize``: rows per scheduler tick for the ``ensemble`` replica (and the ``router``
+    replica of distributed mode, which runs the scheduler); ``batchWaitTimeoutS`` is kept for old
+    specs: continuous batching never waits for a batch to fill.
+    """
+
     num_replicas: int | Literal["auto"] = 1
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=1)
@@ -319,6 +326,33 @@ class DeploymentSpec(Base):
     num_gpus: float = Field(0.0, ge=0)
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _replicas(self):
+        if isinstance(self.num_replicas, int) and self.num_replicas < 1:
+            raise FieldError("numReplicas", f"numReplicas is {self.num_replicas}; a deployment needs 1 or more "
+                             "replicas: set numReplicas >= 1, or auto to autoscale between minReplicas and maxReplicas")
+        if self.min_replicas > self.max_replicas:
+            raise FieldError("minReplicas", f"minReplicas ({self.min_replicas}) is larger than maxReplicas "
+                             f"({self.max_replicas}); lower minReplicas or raise maxReplicas")
+        return self
+
+
+class AuthSpec(Base):
+    """The optional API key of the served app (``Authorization: Bearer <key>``; never in the spec itself)."""
+
+    api_key_env: str = Field("ATOLL_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "Environment variable holding the API key where the app is built; when it is set, every route but "
+        "/healthz and the docs needs the key (401 without it)."))
+    api_key_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description=(
+        "Kubernetes: the Secret (in the serving namespace) the Helm chart reads the key from into apiKeyEnv; "
+        "setting it makes the key required."))
+    api_key_secret_key: str = Field("api-key", pattern=r"^[-._a-zA-Z0-9]+$", description="Key inside that Secret.")
+    required: bool = Field(False, description="Refuse to start without a key (also implied by apiKeySecret).")
+
+
+#: rows per scheduler tick when a spec's serve.ensemble / serve.router leaves maxBatchSize out
+SCHEDULER_ROWS = 64
 
 
 class ServeSpec(Base):
@@ -328,11 +362,52 @@ class ServeSpec(Base):
     max_samples: int = Field(16, ge=1, le=1024, description="Largest n a request may ask for.")
     max_steps: int = Field(100, ge=1, le=1000)
     default_steps: int = Field(32, ge=1, le=1000)
-    router: DeploymentSpec = Field(default_factory=DeploymentSpec)
-    experts: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    mode: Literal["ensemble", "distributed"] = Field("ensemble", description=(
+        "ensemble: one deployment holds the router and all experts and batches every tick in-process; "
+        "distributed: the router deployment runs the scheduler and calls one deployment per expert once per tick "
+        "(for experts that do not fit one device)."))
+    ensemble: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(max_batch_size=SCHEDULER_ROWS),
+                                     description="mode ensemble: the replicas holding router + experts; "
+                                                 "maxBatchSize = rows per tick (default 64).")
+    router: DeploymentSpec = Field(default_factory=lambda: DeploymentSpec(max_batch_size=SCHEDULER_ROWS),
+                                   description="mode distributed: the scheduler + router replicas; "
+                                               "maxBatchSize = rows per tick (default 64).")
+    experts: DeploymentSpec = Field(default_factory=DeploymentSpec, description=(
+        "mode distributed: each expert's deployment."))
+    on_expert_failure: Literal["reroute", "fail"] = Field("reroute", description=(
+        "mode distributed, when an expert has no replica left: reroute its rows to the healthy experts "
+        "(renormalised routing, header X-Atoll-Degraded) or fail the requests that need it (503, Retry-After)."))
+    auth: AuthSpec = Field(default_factory=AuthSpec)
     sequence_parallel: int = Field(1, ge=1, le=64, description=(
         "Video runs: ranks per expert replica (DeepSpeed-Ulysses all-to-all attention over one gloo/NCCL "
         "group of Ray actors); must divide the video DiT's attention heads."))
+
+    @model_validator(mode="after")
+    def _sections_of_the_mode(self):
+        if self.mode != "ensemble":
+            return self
+        placement = ("num_replicas", "min_replicas", "max_replicas", "num_cpus", "num_gpus")
+        for name in ("router", "experts"):
+            d, default = getattr(self, name), DeploymentSpec()
+            changed = [DeploymentSpec.model_fields[f].alias for f in placement if getattr(d, f) != getattr(default, f)]
+            if changed:
+                raise FieldError(name, f"serve.{name} ({', '.join(changed)}) configures serve.mode: distributed, but this "
+                                 "spec serves in mode ensemble, where one deployment holds the router and every expert: "
+                                 f"move the settings to serve.ensemble, or set serve.mode: distributed")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduler_rows(cls, data):
+        """``ensemble`` / ``router`` sections without ``maxBatchSize`` get the scheduler's default rows per tick."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in ("ensemble", "router"):
+            d = out.get(key)
+            if isinstance(d, dict) and "maxBatchSize" not in d and "max_batch_size" not in d:
+                out[key] = {**d, "maxBatchSize": SCHEDULER_ROWS}
+        return out
 
 
 # -- the job ------------------------------------------------------------------------

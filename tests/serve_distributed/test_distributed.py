@@ -1,0 +1,151 @@
+"""Distributed mode on 127.0.0.1 over a tiny K=2 TEXT-conditioned run: the Router deployment (2 replicas)
+runs the scheduler with the router and calls Expert-000 / Expert-001 (2 replicas each) once per tick.
+
+Text prompts over HTTP equal the library's ``Ensemble.sample(prompts=...)``; a killed Router replica
+or a killed expert replica is retried on the other replica (same images, no 5xx); with no replica of
+an expert left its rows are rerouted (``X-Atoll-Degraded``) until Serve brings it back.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from atoll.parallel.groups import free_port
+from serve_replicas import kill, replica_actors, wait_replaced
+
+pytestmark = pytest.mark.slow
+
+SERVE = """
+serve:
+  mode: distributed
+  maxSamples: 8
+  maxSteps: 60
+  defaultSteps: 6
+  router: {numReplicas: 2, numCpus: 0.25}
+  experts: {numReplicas: 2, numCpus: 0.25}
+"""
+PROMPT = "a photo of a two"
+BODY = {"prompt": PROMPT, "n": 2, "steps": 8, "guidance": 2.0, "seed": 4, "strategy": "full", "format": "json"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, ray_local):
+    from distributed_helpers import save_text_run
+
+    from atoll.sampling import Ensemble
+    from atoll.serve import runner
+    from atoll.serve.app import build_app
+    from atoll.serve.ingress import IngressOptions
+
+    root = str(tmp_path_factory.mktemp("served-distributed"))
+    job, run = save_text_run(root, "dist", 2, serve=SERVE)
+    opts = IngressOptions(expert_timeout_s=20, request_timeout_s=120, retry_after_s=1.0, health_poll_s=0.25)
+    url = runner.start(build_app(job, options=opts, environ={}), job.spec.serve, 2, port=free_port())
+    ens = Ensemble.from_pretrained(run.uri)
+    want = ens.sample(prompts=PROMPT, n=2, steps=8, guidance=2.0, seed=4, strategy="full").images[:, 0].numpy()
+    try:
+        yield {"url": url, "ens": ens, "want": want}
+    finally:
+        runner.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    import httpx
+
+    with httpx.Client(base_url=served["url"], timeout=150) as c:
+        yield c
+
+
+def images(resp) -> np.ndarray:
+    from PIL import Image
+
+    assert resp.status_code == 200, resp.text
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in resp.json()["images"]])
+
+
+def test_text_prompts_over_http_equal_the_library(client, served):
+    assert np.array_equal(images(client.post("/v1/generate", json=BODY)), served["want"])
+    other = served["ens"].sample(prompts="a bag", n=1, steps=3, seed=1).images[0, 0].numpy()
+    r = client.post("/v1/images/generations", json={"prompt": "a bag", "num_inference_steps": 3, "seed": 1})
+    from PIL import Image
+
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
+    assert np.array_equal(got, other)
+    r = client.post("/v1/generate", json={"class": 1})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "class" and "prompt" in r.json()["error"]["message"]
+    ex = client.get("/v1/experts").json()
+    assert ex["mode"] == "distributed" and [e["deployment"] for e in ex["experts"]] == ["Expert-000", "Expert-001"]
+    assert [e["running_replicas"] for e in ex["experts"]] == [2, 2]
+    s = client.get("/v1/stats").json()
+    assert s["mode"] == "distributed" and s["expert_forwards"] <= 2 * s["ticks"]  # one exchange per expert per tick
+
+
+def _traffic(client, results: list, stop: threading.Event, body=BODY, limit: int = 200) -> threading.Thread:
+    def run():
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline and len(results) < limit:
+            results.append(client.post("/v1/generate", json=body))
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _under_traffic(client, deployment: str, victims: list, replicas: int = 2, threads: int = 2) -> list:
+    results, stop = [], threading.Event()
+    workers = [_traffic(client, results, stop) for _ in range(threads)]
+    time.sleep(1.5)
+    for v in victims:
+        kill(v)
+    wait_replaced(deployment, [v[0] for v in victims], want=replicas)
+    time.sleep(1.5)  # traffic after the recovery
+    stop.set()
+    for w in workers:
+        w.join(timeout=180)
+    assert results and not any(w.is_alive() for w in workers), "a client hung"
+    return results
+
+
+def test_a_killed_router_replica_is_retried_on_the_other(client, served):
+    victim = replica_actors("Router")[0]
+    results = _under_traffic(client, "Router", [victim], threads=4)  # both replicas have requests in flight
+    for r in results:  # every request answered, each with the library's images
+        assert np.array_equal(images(r), served["want"]) and "x-atoll-degraded" not in r.headers
+    assert any(r.headers.get("x-atoll-retried") == "1" for r in results), "no request was restarted elsewhere"
+
+
+def _router_stats(client) -> dict[int, dict]:
+    """``/v1/stats`` of both Router replicas (each answer comes from one of them)."""
+    seen: dict[int, dict] = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:
+        s = client.get("/v1/stats").json()
+        seen[s["pid"]] = s
+    return seen
+
+
+def test_a_killed_expert_replica_is_retried_on_the_other(client, served):
+    victim = replica_actors("Expert-000")[0]
+    before = sum(s["expert_retries"] for s in _router_stats(client).values())
+    results = _under_traffic(client, "Expert-000", [victim])
+    for r in results:
+        assert np.array_equal(images(r), served["want"]) and "x-atoll-degraded" not in r.headers
+    assert sum(s["expert_retries"] for s in _router_stats(client).values()) > before  # a call was retried
+
+
+def test_with_no_expert_replica_left_rows_are_rerouted_then_it_recovers(client, served):
+    results = _under_traffic(client, "Expert-001", replica_actors("Expert-001"))
+    assert all(r.status_code == 200 for r in results), sorted({r.status_code for r in results})
+    assert any(r.headers.get("x-atoll-degraded") == "expert-001" for r in results), "no answer said it was degraded"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the replaced expert is used again
+        r = client.post("/v1/generate", json=BODY)
+        if "x-atoll-degraded" not in r.headers:
+            break
+        time.sleep(0.5)
+    assert np.array_equal(images(r), served["want"]) and "x-atoll-degraded" not in r.headers
