@@ -1,5 +1,6 @@
-"""Reading committed shard artifacts: ``load_arrays`` (all in memory) and
-``iter_samples`` (streaming, on the ``webdataset`` library)."""
+"""Reading committed shard artifacts whole: ``load_arrays`` (all in memory, for small data and
+tests), ``iter_raw`` / ``iter_shard`` (raw records, whole-shard reads) and ``iter_samples``
+(a plain ``webdataset`` pipeline). Training reads through ``atoll.data.loader`` instead."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import numpy as np
 
 from atoll.data import tario
 from atoll.data.errors import CorruptShard, DataError
+from atoll.data.records import decode_image, decode_record  # noqa: F401  (re-exported)
 from atoll.store import Store, join
 
 
@@ -53,26 +55,6 @@ def raw_records(streams: Iterator[dict]) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     return group_by_keys(tar_file_expander(streams))
-
-
-def decode_image(png: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 [H, W, C]."""
-    from PIL import Image
-
-    a = np.asarray(Image.open(io.BytesIO(png)))
-    return a[:, :, None] if a.ndim == 2 else a
-
-
-def decode_record(raw: dict) -> dict:
-    """A raw record as a sample ``{"key", "image" [H,W,C], "label", "caption"}``."""
-    try:
-        txt = raw.get("txt")
-        return {"key": raw["__key__"], "image": decode_image(raw["png"]),
-                "label": int(raw["cls"].decode()) if "cls" in raw else -1,
-                "caption": txt.decode("utf-8") if txt else None}
-    except Exception as e:
-        raise CorruptShard(f"sample {raw.get('__key__')} in shard {raw.get('__url__')} cannot be decoded ({e}); "
-                           "delete the artifact and rerun its stage") from None
 
 
 def iter_shard(store: Store, prefix: str, entry: dict, verify: bool = True) -> Iterator[dict]:

@@ -59,7 +59,7 @@ def convert_shard(data_json: dict, s3: S3Config | None, ref: StoreRef, prefix: s
 def run_data(job, run: Store) -> dict:
     """Converts ``job.spec.data`` into shards at ``run/data/``; returns the committed manifest."""
     data = job.spec.data
-    digest = spec_hash(data)
+    digest = spec_hash(data.model_dump(mode="json", exclude=data.READING))  # reading options do not change the shards
     done = check_resume(run, DATA, digest, "data")
     if done is not None:
         return done
