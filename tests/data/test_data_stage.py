@@ -7,7 +7,7 @@ from PIL import Image
 
 from atoll.data import DataError, load_arrays, run_data
 
-from atoll_data_helpers import job, make_folder
+from atoll_data_helpers import grey_folder, job, make_folder, write_digits
 
 
 def mtimes(run, prefix):
@@ -61,3 +61,31 @@ def test_image_folder_mixed_sizes_need_image_size(ray_local, file_store, tmp_pat
             partition={"k": 2, "fineClusters": 2})
     with pytest.raises(DataError, match="imageSize"):
         run_data(j, file_store.sub("r4"))
+
+
+def test_image_folder_listed_by_ray_tasks_and_grey_stays_grey(ray_local, file_store, tmp_path):
+    from atoll.data.sources.image_folder import ImageFolder
+
+    root = grey_folder(tmp_path / "g", classes=("x", "y", "z"), per_class=7)
+    run = file_store.sub("r5")
+    j = job("r5", source={"type": "image-folder", "path": str(root)}, data={"shardSize": 16},
+            partition={"k": 2, "fineClusters": 4})
+    m = run_data(j, run)
+    assert m["count"] == 21 and m["image_shape"] == [1, 6, 7] and m["num_shards"] == 2
+    a = load_arrays(run, "data")
+    ref = list(ImageFolder(str(root), "folders").read(0, 100))  # listed in-process: the same samples, same order
+    assert a.keys == [r["key"] for r in ref] and a.labels.tolist() == [r["label"] for r in ref]
+    assert np.array_equal(a.images[:, 0], np.stack([r["image"][:, :, 0] for r in ref]))
+    assert not run.list("data/files")  # the listing was scratch
+
+
+def test_webdataset_source_counts_shards_with_ray_tasks(ray_local, file_store):
+    m = write_digits(file_store, prefix="src", n=300, shard=64)
+    urls = [file_store.url(f"src/{s['name']}") for s in m["shards"]]
+    run = file_store.sub("r6")
+    got = run_data(job("r6", source={"type": "webdataset", "urls": urls}, data={"shardSize": 100},
+                       partition={"k": 2, "fineClusters": 4}), run)
+    assert got["count"] == 300 and got["num_shards"] == 3
+    from atoll.data.sources.digits import Digits
+
+    assert load_arrays(run, "data").keys == [s["key"] for s in Digits().read(0, 300)]

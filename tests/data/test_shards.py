@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from atoll.data import CorruptShard, iter_samples, load_arrays
-from atoll.data.shards import commit_shards, write_samples_shard
 from atoll.data.sources.digits import Digits
 from atoll.data.sources.webdataset_source import WebDatasetShards
 
-
-def write_digits(store, prefix="art", n=300, shard=128):
-    src = Digits()
-    entries = [write_samples_shard(store, prefix, i, src.read(a, min(a + shard, n)))
-               for i, a in enumerate(range(0, n, shard))]
-    return commit_shards(store, prefix, entries, image_shape=[1, 8, 8], num_classes=10, class_names=src.class_names)
+from atoll_data_helpers import write_digits
 
 
 def test_round_trip_with_manifest_and_hashes(any_store):

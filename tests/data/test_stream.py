@@ -6,23 +6,9 @@ from atoll.data import CorruptShard, DataError
 from atoll.data.collection import Collection
 from atoll.data.loader import MemoryData, open_loader
 from atoll.data.schedule import Schedule, fill_invalid
-from atoll.data.shards import commit_shards, write_samples_shard
 from atoll.data.sources.digits import Digits
 
-
-def write_digits(store, prefix="art", n=700, shard=128, index=True, start=0):
-    src = Digits()
-    entries = [write_samples_shard(store, prefix, i, src.read(a, min(a + shard, start + n)))
-               for i, a in enumerate(range(start, start + n, shard))]
-    if not index:  # an artifact committed before shard indexes existed
-        for e in entries:
-            store.delete(f"{prefix}/{e['index']['name']}")
-            del e["index"]
-    return commit_shards(store, prefix, entries, image_shape=[1, 8, 8], num_classes=10)
-
-
-def keys_of(part):
-    return [c for c in part.captions], part.label.tolist()
+from atoll_data_helpers import write_digits
 
 
 def same(a, b):

@@ -21,7 +21,7 @@ def open_source(data, s3=None) -> Source:
     if src.type == "image-folder":
         from atoll.data.sources.image_folder import ImageFolder
 
-        return ImageFolder(src.path, src.labels, size)
+        return ImageFolder(src.path, src.labels, size, src.channels)
     if src.type == "webdataset":
         from atoll.data.sources.webdataset_source import WebDatasetShards
 

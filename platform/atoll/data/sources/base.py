@@ -65,6 +65,13 @@ class Source(ABC):
     #: class names indexed by label, or None when the source has no labels
     class_names: list[str] | None = None
 
+    def prepare(self, scratch) -> "Source":
+        """Called once by the data stage, in the driver, before the conversion tasks: a source with
+        many files lists them here (with Ray tasks, keeping the listing in the ``scratch`` store) so
+        that ``count`` is cheap and ``read`` opens only what its range needs. Returns the source
+        the tasks get (pickled). Default: nothing to do."""
+        return self
+
     @abstractmethod
     def count(self) -> int:
         """Number of samples (may read the source once)."""
