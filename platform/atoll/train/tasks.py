@@ -96,18 +96,27 @@ class Task:
         return self.make_batch(self.loader(rank, world).batch(start, start + per), device)
 
     def data_stats(self) -> dict:
-        """What the readers did (corrupt shards skipped, samples skipped, bytes read, time waited)."""
+        """What the readers did (corrupt shards skipped, samples skipped, bytes read, time waited) and
+        the process's peak RSS."""
         out = {"samples": self.col.n, "mode": self.opts.mode, "corrupt_shard_names": list(self.col.stats["corrupt_shards"])}
         for ld in self._loaders.values():
             for k, v in ld.stats().items():
                 if isinstance(v, (int, float)):
                     out[k] = out.get(k, 0) + v
         out.update(corrupt_shards=len(out["corrupt_shard_names"]), skipped_samples=self.col.stats["skipped_samples"],
-                   bytes_read=self.col.stats["bytes_read"], reads=self.col.stats["reads"])
+                   bytes_read=self.col.stats["bytes_read"], reads=self.col.stats["reads"],
+                   process_peak_rss_mb=round(peak_rss_mb(), 1))
         return out
 
     def x0(self, x: np.ndarray) -> torch.Tensor:
         return to_unit(x)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (what the data readers must keep flat in the dataset size)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def first_shape(col) -> tuple[int, ...]:
@@ -217,6 +226,12 @@ class RouterTask(Task):
         super().load(run)
         if self.job.spec.experts.conditioning != "class":
             self.num_classes = 0  # route on the class too only when experts are class-conditional: p(k | x_t, y)
+
+    @property
+    def classes(self) -> bool | None:
+        """True when the router is given the samples' classes (``loop._finish`` checks ``is not None``
+        to also report the accuracy without them); None otherwise."""
+        return True if self.num_classes else None
 
     def x0(self, x: np.ndarray) -> torch.Tensor:
         if self.job.spec.is_video:  # stored frame strips -> clips [N, C, T, H, W]; the router sees frame means
