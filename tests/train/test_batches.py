@@ -69,3 +69,31 @@ def test_checkpoint_files_are_uploaded_by_their_owner():
     assert owned_by_rank(name, 1) and not owned_by_rank(name, 0)
     assert owned_by_rank("mp_rank_00_model_states.pt", 0)
     assert not owned_by_rank("mp_rank_00_model_states.pt", 1)
+
+
+def test_corrupt_shard_skipped_and_counted_in_the_island_metrics(tiny, tmp_path):
+    """data.onCorrupt: skip -> batches go on with readable samples; the island's manifest counts what was skipped."""
+    from atoll.train.report import IslandLog
+
+    job, run = tiny(name="b4", k=2)
+    key = "partition/expert-000/shard-00000.tar"
+    data = bytearray(run.get_bytes(key))
+    data[4000] ^= 0xFF
+    run.put_bytes(key, bytes(data))
+    strict = make_task(job, "expert", 0)
+    strict.load(run)
+    with pytest.raises(Exception, match="shard-00000.tar"):
+        for step in range(40):
+            strict.batch(step, 32, 0, 1, 0, 1, "cpu")
+    d = dump(job)
+    d["spec"]["data"]["onCorrupt"] = "skip"
+    t = make_task(parse(d), "expert", 0)
+    t.load(run)
+    for step in range(40):
+        assert t.batch(step, 32, 0, 1, 0, 1, "cpu").x0.shape[0] == 32
+    log = IslandLog(run.sub("experts/000"), t, world=1)
+    log.step(1, 0.5, 10.0, 1e-3)
+    m = log.finish(model_config=t.model_config())
+    assert m["data"]["corrupt_shards"] == 1 and m["data"]["skipped_samples"] == 1
+    assert m["data"]["corrupt_shard_names"] == [run.url(key)]
+    assert run.get_json("experts/000/progress.json")["data"]["skipped_samples"] == 1

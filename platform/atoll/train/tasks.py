@@ -65,6 +65,11 @@ class Task:
         data = self.job.spec.data
         self.run, self.opts = run, data.loader
         self.col = Collection(run, self.prefixes(), on_corrupt=data.on_corrupt)
+        if self.col.n == 0:
+            from atoll.data.errors import DataError
+
+            raise DataError(f"{self.name}: {', '.join(run.url(p) for p in self.prefixes())} hold no samples; "
+                            "lower partition.k (or fix the data) so that every expert gets some")
         self.memory = MemoryData(self.col) if self.opts.mode == "memory" else None
         self.sample_shape = first_shape(self.col)
         self._loaders: dict[tuple[int, int, int], object] = {}
