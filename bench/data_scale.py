@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
+# Ray workers and the measuring subprocesses import this checkout's atoll, not another install's
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

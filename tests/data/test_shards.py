@@ -85,3 +85,10 @@ def test_webdataset_source_rereads_shards(any_store):
     assert all(np.array_equal(g["image"], r["image"]) for g, r in zip(got, ref))
     assert [g["label"] for g in got] == [r["label"] for r in ref]
     assert got[0]["caption"] == ref[0]["caption"]
+
+
+def test_load_arrays_limit_reads_only_the_first_samples(file_store):
+    m = write_digits(file_store, n=300, shard=128)
+    file_store.delete(f"art/{m['shards'][2]['name']}")  # never opened for the first 200
+    a = load_arrays(file_store, "art", limit=200)
+    assert len(a) == 200 and a.keys == [s["key"] for s in Digits().read(0, 200)]

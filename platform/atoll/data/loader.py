@@ -7,8 +7,8 @@ so a resumed run gets exactly the batches the interrupted one would have had.
 * ``StreamLoader`` holds one shuffle window (``window`` samples) plus ``prefetch`` more,
   assembled on a background thread from ranged reads (``threads`` at once) of the
   store: memory depends on the window and the sample size, not on the dataset.
-* ``MemoryLoader`` decodes the whole collection once (the path of small data, and the
-  baseline the benchmark compares with).
+* ``MemoryLoader`` gathers batches from ``MemoryData``, the whole collection decoded once
+  (the path of small data, and the baseline the benchmark compares with).
 
 Unreadable samples (``on_corrupt: skip``) are replaced inside their window by the next
 readable one in trained order, so batches keep their size and stay deterministic.

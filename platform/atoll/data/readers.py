@@ -69,17 +69,23 @@ def iter_raw(store: Store, prefix: str, verify: bool = True) -> Iterator[dict]:
         yield from iter_shard(store, prefix, entry, verify)
 
 
-def load_arrays(store: Store, prefix: str, *, verify: bool = True) -> Arrays:
-    """Reads every shard of the artifact at ``prefix`` into memory (for small data)."""
+def load_arrays(store: Store, prefix: str, *, verify: bool = True, limit: int | None = None) -> Arrays:
+    """Reads every shard of the artifact at ``prefix`` into memory (for small data), or only
+    its first ``limit`` samples (reading only the shards that hold them)."""
     m = committed(store, prefix)
     images, labels, captions, keys = [], [], [], []
-    for raw in iter_raw(store, prefix, verify):
-        s = decode_record(raw)
-        images.append(s["image"])
-        labels.append(s["label"])
-        captions.append(s["caption"])
-        keys.append(s["key"])
-    if len(keys) != m["count"]:
+    for entry in m["shards"]:
+        if limit is not None and len(keys) >= limit:
+            break
+        for raw in iter_shard(store, prefix, entry, verify):
+            if limit is not None and len(keys) >= limit:
+                break
+            s = decode_record(raw)
+            images.append(s["image"])
+            labels.append(s["label"])
+            captions.append(s["caption"])
+            keys.append(s["key"])
+    if len(keys) != (m["count"] if limit is None else min(limit, m["count"])):
         raise CorruptShard(f"{store.url(prefix)} holds {len(keys)} samples but its manifest says {m['count']}; "
                            "delete the artifact and rerun its stage")
     if images:
