@@ -162,7 +162,11 @@ def one(args) -> dict:
 def measure(what: str, mode: str, a, name: str) -> dict:
     cmd = [sys.executable, __file__, "--one", what, "--mode", mode, "--name", name, "--root", a.root,
            "--steps", str(a.steps), "--k", str(a.k), "--fine", str(a.fine), "--shard-size", str(a.shard_size)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    for attempt in range(2):  # once more if it failed (e.g. a local Ray that timed out starting on a busy machine)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if not p.returncode:
+            break
+        print(f"  {name} {what} {mode}: attempt {attempt + 1} failed: {p.stderr.strip().splitlines()[-1:]}", flush=True)
     if p.returncode:
         raise RuntimeError(f"{what} {mode} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])

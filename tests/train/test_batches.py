@@ -97,3 +97,23 @@ def test_corrupt_shard_skipped_and_counted_in_the_island_metrics(tiny, tmp_path)
     assert m["data"]["corrupt_shards"] == 1 and m["data"]["skipped_samples"] == 1
     assert m["data"]["corrupt_shard_names"] == [run.url(key)]
     assert run.get_json("experts/000/progress.json")["data"]["skipped_samples"] == 1
+
+
+def test_task_modules_import_only_downward():
+    """registry <- tasks <- video_task: no module imports one above it, not even inside a function."""
+    import ast
+    import importlib.util
+
+    def imports(mod: str) -> set[str]:
+        tree = ast.parse(open(importlib.util.find_spec(mod).origin).read())
+        out = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                out.add(n.module)
+            elif isinstance(n, ast.Import):
+                out |= {a.name for a in n.names}
+        return out
+
+    assert not imports("atoll.train.registry") & {"atoll.train.tasks", "atoll.train.video_task"}
+    assert "atoll.train.video_task" not in imports("atoll.train.tasks")
+    assert {"atoll.train.tasks", "atoll.train.registry"} <= imports("atoll.train.video_task")
