@@ -178,10 +178,11 @@ def _reference(run, spec_kw: dict):
         return two_stage_kmeans(feats, spec_kw["k"], spec_kw["fineClusters"], spec_kw.get("seed", 0)), a
 
 
-def test_partition_through_ray_tasks_matches_the_in_memory_path(ray_local, any_store):
+@pytest.mark.parametrize("k", [4, 12])  # k=12: pieces under 1/8 of a shard are merged into full shards
+def test_partition_through_ray_tasks_matches_the_in_memory_path(ray_local, any_store, k):
     run = any_store.sub("same")
     commit_digits_data(run, n=1537, shard=256)  # 7 shards, the last holding a single sample
-    kw = {"k": 4, "fineClusters": 96}
+    kw = {"k": k, "fineClusters": 96}
     m = run_partition(job("same", partition=kw), run)
     ref, arrays = _reference(run, kw)
     keys, cluster = read_assignments(run)
@@ -193,9 +194,13 @@ def test_partition_through_ray_tasks_matches_the_in_memory_path(ray_local, any_s
     assert np.allclose(cz["coarse_centroids"], ref.coarse_centroids, atol=1e-5)
     from atoll.data.report import agreement
 
-    assert m["agreement"] == agreement(arrays.labels, ref.assignment, 4, 10)
-    for e in range(4):  # each expert's shards hold its samples in data order
-        assert load_arrays(run, expert_prefix(e)).keys == [k for k, c in zip(arrays.keys, ref.assignment) if c == e]
+    assert m["agreement"] == agreement(arrays.labels, ref.assignment, k, 10)
+    for e in range(k):  # each expert's shards hold its samples in data order
+        assert load_arrays(run, expert_prefix(e)).keys == [key for key, c in zip(arrays.keys, ref.assignment) if c == e]
+        counts = [s["count"] for s in run.manifest(expert_prefix(e))["shards"]]
+        if k == 12:  # merged: full shards of data.shardSize, the last one shorter
+            assert all(c == 256 for c in counts[:-1]) and 0 < counts[-1] <= 256
+    assert not run.list("partition/work")
 
 
 def test_partition_fits_fine_kmeans_on_a_bounded_sample_above_the_limit(ray_local, file_store, monkeypatch):

@@ -22,10 +22,12 @@ Steps (k-means; the driver holds bounded samples and per-shard summaries, never 
    clusters for the same seed); above, every sample is then given its nearest fine
    centroid by a Ray task per shard, and the fine clusters' counts weight the coarse step.
 4. Coarse k-means of the fine centroids -> K clusters (largest first).
-5. A Ray task per shard writes each cluster's samples as a piece and the shard's
-   assignments; a Ray task per output shard concatenates an expert's pieces into shards
-   of ``data.shardSize`` (in data order: the same shards, byte for byte, as the stage
-   that held everything in memory).
+5. A Ray task per shard writes each cluster's samples (copied byte for byte, in data
+   order) as one shard of that expert and the shard's assignments. When those pieces
+   would be small (on average under 1/8 of ``data.shardSize``: many clusters), they are
+   scratch instead, and a Ray task per output shard concatenates an expert's pieces into
+   shards of ``data.shardSize``. Either way an expert's samples are in data order, which
+   is all the training schedule depends on (not the shard boundaries).
 
 ``random``: each data shard's samples draw their cluster from ``default_rng([seed, shard])``.
 """
@@ -219,17 +221,23 @@ def _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, diges
             summary["pics"][c] = sorted(summary["pics"][c] + res["pics"][c], key=lambda p: p[0])[:pt.PIC_PER_CLUSTER]
         skipped.add(res)
 
-    map_tasks(pt.write_pieces, [(ref, DATA, s, k, int(data_m["num_classes"]), how[s], spec.seed, clips, on_corrupt)
-                                for s in range(nshards)],
-              desc="partition: assign + pieces", on_result=got, samples_of=lambda r: int(r["counts"].sum()))
     shard_size = int(data_m.get("shard_size") or 10000)
-    jobs = []
-    for c in range(k):
-        commit_shards(run, pt.pieces_prefix(c), [p for p in pieces[c] if p is not None])
-        jobs += [(ref, c, q, shard_size, expert_prefix(c)) for q in range(-(-int(summary["counts"][c]) // shard_size))]
-    entries: list[list] = [[] for _ in range(k)]
-    map_tasks(pt.merge_pieces, jobs, desc="partition: expert shards",
-              on_result=lambda i, e: entries[jobs[i][1]].append((jobs[i][2], e)), samples_of=lambda e: e["count"])
+    # pieces of at least 1/8 of a shard (on average) are the experts' shards; smaller ones are merged
+    direct = data_m["count"] / max(1, nshards) / k >= shard_size / 8
+    out = [expert_prefix(c) if direct else pt.pieces_prefix(c) for c in range(k)]
+    map_tasks(pt.write_pieces, [(ref, DATA, s, k, int(data_m["num_classes"]), how[s], spec.seed, clips, on_corrupt,
+                                 out) for s in range(nshards)],
+              desc="partition: assign + " + ("expert shards" if direct else "pieces"), on_result=got,
+              samples_of=lambda r: int(r["counts"].sum()))
+    entries: list[list] = [[(s, p) for s, p in enumerate(pieces[c]) if p is not None] for c in range(k)]
+    if not direct:
+        jobs = []
+        for c in range(k):
+            commit_shards(run, pt.pieces_prefix(c), [p for _, p in entries[c]])
+            jobs += [(ref, c, q, shard_size, expert_prefix(c)) for q in range(-(-int(summary["counts"][c]) // shard_size))]
+        entries = [[] for _ in range(k)]
+        map_tasks(pt.merge_pieces, jobs, desc="partition: expert shards",
+                  on_result=lambda i, e: entries[jobs[i][1]].append((jobs[i][2], e)), samples_of=lambda e: e["count"])
     experts = []
     for c in range(k):
         m = commit_shards(run, expert_prefix(c), [e for _, e in sorted(entries[c], key=lambda t: t[0])],

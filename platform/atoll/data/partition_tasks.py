@@ -48,18 +48,22 @@ def _load(run, key: str) -> dict:
 
 
 class Shard:
-    """One input shard of ``data``, read once (a ranged read, each sample checked against its crc32)."""
+    """One input shard of ``data`` (or only some of its rows), read once: a ranged read, each sample
+    checked against its crc32. ``raws[r]`` is row r's raw record (None: unreadable and skipped)."""
 
-    def __init__(self, ref: StoreRef, prefix: str, s: int, on_corrupt: str):
+    def __init__(self, ref: StoreRef, prefix: str, s: int, on_corrupt: str, rows: list[int] | None = None):
         self.run = ref.open()
         self.col = Collection(self.run, [prefix], on_corrupt=on_corrupt)
         self.s, self.count = s, int(self.col.shards[s][2]["count"])
-        self.raws = self.col.rows(s, 0, self.count) if self.count else []
+        if rows is None:
+            self.raws = dict(enumerate(self.col.rows(s, 0, self.count))) if self.count else {}
+        else:
+            self.raws = dict(zip(rows, self.col.rows_at(s, rows)))
 
-    def decoded(self, rows: list[int] | None = None):
-        """(row ids that decode, images uint8 [n, C, H, W], labels, captions) of ``rows`` (default: all)."""
+    def decoded(self):
+        """(row ids that decode, images uint8 [n, C, H, W], labels, captions) of the rows read."""
         ids, images, labels, caps = [], [], [], []
-        for r in range(self.count) if rows is None else rows:
+        for r in sorted(self.raws):
             raw = self.raws[r]
             if raw is None:
                 continue
@@ -89,7 +93,7 @@ def _pooled(images: np.ndarray, clips: bool) -> np.ndarray:
 
 def pca_rows(ref: StoreRef, prefix: str, s: int, rows: list[int], clips: bool, on_corrupt: str) -> np.ndarray:
     """The images (pooled for clips) of the PCA-fit sample's rows in shard ``s``."""
-    _, images, _, _ = Shard(ref, prefix, s, on_corrupt).decoded(rows)
+    _, images, _, _ = Shard(ref, prefix, s, on_corrupt, rows).decoded()
     return _pooled(images, clips)
 
 
@@ -136,15 +140,15 @@ def _picks(keys: list[str], cluster: np.ndarray, k: int, seed: int) -> list[list
 
 
 def write_pieces(ref: StoreRef, prefix: str, s: int, k: int, num_classes: int, how: dict, seed: int,
-                 clips: bool, on_corrupt: str) -> dict:
-    """Assigns every readable sample of shard ``s`` to its cluster and writes, per cluster, the samples'
-    records (copied byte for byte, in data order) as a piece ``work/pieces/expert-c/shard-s.tar``,
-    and the keys' clusters to ``partition/assignments/shard-s.npz``. ``how``: ``{"f2c", "fine"}``
-    (kmeans; ``fine`` None = read ``work/fine-s.npy``) or ``{"random": relabel}``.
+                 clips: bool, on_corrupt: str, out: list[str]) -> dict:
+    """Assigns every readable sample of shard ``s`` to its cluster and writes, per cluster ``c``, the
+    samples' records (copied byte for byte, in data order) as shard ``s`` of ``out[c]`` (the expert's
+    artifact, or its pieces to merge), and the keys' clusters to ``partition/assignments/shard-s.npz``.
+    ``how``: ``{"f2c", "fine"}`` (kmeans; ``fine`` None = read ``work/fine-s.npy``) or ``{"random": relabel}``.
     Returns per-cluster counts, the cluster x label table, feature sums and picture candidates."""
     sh = Shard(ref, prefix, s, on_corrupt)
     run = sh.run
-    rows = np.asarray([r for r, raw in enumerate(sh.raws) if raw is not None], np.int64)
+    rows = np.asarray([r for r, raw in sorted(sh.raws.items()) if raw is not None], np.int64)
     if "random" in how:
         draw = np.random.default_rng([seed, s]).integers(0, k, sh.count)
         cluster = np.asarray(how["random"], np.int64)[draw[rows]]
@@ -160,7 +164,7 @@ def write_pieces(ref: StoreRef, prefix: str, s: int, k: int, num_classes: int, h
     pieces = []
     for c in range(k):
         sel = np.flatnonzero(cluster == c)
-        pieces.append(put_blocks(run, pieces_prefix(c), s, [raws[i]["__tar__"] for i in sel]) if len(sel) else None)
+        pieces.append(put_blocks(run, out[c], s, [raws[i]["__tar__"] for i in sel]) if len(sel) else None)
     run.put_bytes(assignments_key(s), _npz(keys=np.asarray(keys), cluster=cluster))
     table = np.zeros((k, max(num_classes, 1)), np.int64)
     has = (labels >= 0) & (labels < table.shape[1])
