@@ -89,3 +89,25 @@ def test_webdataset_source_counts_shards_with_ray_tasks(ray_local, file_store):
     from atoll.data.sources.digits import Digits
 
     assert load_arrays(run, "data").keys == [s["key"] for s in Digits().read(0, 300)]
+
+
+def test_unreadable_source_files_and_shards_skipped_and_counted(ray_local, file_store, tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), per_class=10, size=(8, 8))
+    bad = root / "b" / "img3.png"
+    bad.write_bytes(b"\x89PNG broken")
+    j = job("r7", source={"type": "image-folder", "path": str(root)}, data={"shardSize": 16, "onCorrupt": "skip"},
+            partition={"k": 2, "fineClusters": 4})
+    m = run_data(j, file_store.sub("r7"))
+    assert m["count"] == 19 and m["skipped"] == {"count": 1, "sources": [str(bad)]}
+    # WebDataset input: a shard that is not a tar is left out, the others converted
+    good = write_digits(file_store, prefix="src", n=200, shard=100)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is not a tar file" * 100)
+    urls = [file_store.url(f"src/{s['name']}") for s in good["shards"]] + [str(junk)]
+    wj = job("r8", source={"type": "webdataset", "urls": urls}, data={"shardSize": 64, "onCorrupt": "skip"},
+             partition={"k": 2, "fineClusters": 4})
+    w = run_data(wj, file_store.sub("r8"))
+    assert w["count"] == 200 and w["skipped"] == {"count": 1, "sources": [str(junk)]}
+    with pytest.raises(DataError, match="junk.tar"):
+        run_data(job("r9", source={"type": "webdataset", "urls": urls}, partition={"k": 2, "fineClusters": 4}),
+                 file_store.sub("r9"))

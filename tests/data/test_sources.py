@@ -109,6 +109,17 @@ def test_image_folder_corrupt_image_names_file(tmp_path):
     assert str(bad) in str(e.value)
 
 
+def test_image_folder_skips_unreadable_files_when_asked(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    bad = root / "dog" / "img1.png"
+    bad.write_bytes(b"not a png at all")
+    src = open_source(job(source={"type": "image-folder", "path": str(root)}, data={"onCorrupt": "skip"},
+                          partition={"k": 2, "fineClusters": 2}).spec.data)
+    got = list(src.read(0, 100))
+    assert len(got) == 5 and src.skipped == [str(bad)]
+    assert all("dog_img1" not in x["key"] for x in got)
+
+
 def test_image_folder_without_classes(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):

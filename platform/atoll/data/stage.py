@@ -48,8 +48,10 @@ def check_resume(run: Store, prefix: str, digest: str, stage: str) -> dict | Non
 
 
 def convert_shard(source, ref: StoreRef, prefix: str, index: int, start: int, stop: int) -> dict:
-    """Runs in a Ray worker: samples ``start..stop-1`` of the (prepared, pickled) source -> one shard."""
-    return write_samples_shard(ref.open(), prefix, index, source.read(start, stop))
+    """Runs in a Ray worker: samples ``start..stop-1`` of the (prepared, pickled) source -> one shard;
+    the entry also lists what the source skipped (``data.onCorrupt: skip``)."""
+    entry = write_samples_shard(ref.open(), prefix, index, source.read(start, stop))
+    return {**entry, "skipped": list(getattr(source, "skipped", []))}
 
 
 def run_data(job, run: Store) -> dict:
@@ -71,6 +73,14 @@ def run_data(job, run: Store) -> dict:
     ref, spec_json = StoreRef.of(run), data.model_dump(mode="json")
     shards = map_tasks(convert_shard, [(source, ref, DATA, i, a, b) for i, a, b in ranges],
                        desc=f"data: {n} samples -> {len(ranges)} shards", samples_of=lambda e: e["count"])
+    for sh in shards:
+        if not sh["count"]:  # a range whose every sample was skipped: no shard for it
+            run.delete(f"{DATA}/{sh['name']}")
+            run.delete(f"{DATA}/{sh['index']['name']}")
+    shards = [sh for sh in shards if sh["count"]]
+    if not shards:
+        raise DataError(f"no sample of data.source ({data.source.type}) could be read; fix data.source")
+    skipped = list(getattr(source, "skipped", [])) + [s for sh in shards for s in sh["skipped"]]
     shapes = sorted({tuple(s) for sh in shards for s in sh["image_shapes"]})
     if len(shapes) != 1:
         fix = ("set data.source.channels: 3 (or 1) to store them all alike" if len({s[0] for s in shapes}) > 1
@@ -82,6 +92,7 @@ def run_data(job, run: Store) -> dict:
     m = commit_shards(run, DATA, shards, kind=KIND, spec_hash=digest, spec=spec_json,
                       source=data.source.type, image_shape=list(shapes[0]),
                       num_classes=len(names) if names else max_label + 1, class_names=names,
-                      captions=sum(sh["captions"] for sh in shards), shard_size=data.shard_size)
+                      captions=sum(sh["captions"] for sh in shards), shard_size=data.shard_size,
+                      skipped={"count": len(skipped), "sources": skipped[:100]})
     run.delete_prefix(f"{DATA}/files")  # a source's listing (prepare), needed only while converting
     return m

@@ -64,12 +64,20 @@ def group_files(root: Path, group: str) -> list[Path]:
     return _images_under(root / group)
 
 
+def _grey_or_unreadable(path: Path) -> bool:
+    """For ``auto`` channels: an unreadable file does not decide (it fails, or is skipped, when read)."""
+    try:
+        return is_grey(path)
+    except DataError:
+        return True
+
+
 def list_group(root: str, group: str, label: int, peek: bool, ref, key: str) -> dict:
     """Ray task: the sorted image files of a group -> ``key`` in the scratch store (JSON of paths
     relative to ``root``); returns their count and how many are grey (when ``peek``)."""
     base = Path(root)
     files = [p.relative_to(base).as_posix() for p in group_files(base, group)]
-    grey = sum(is_grey(base / f) for f in files) if peek else 0
+    grey = sum(_grey_or_unreadable(base / f) for f in files) if peek else 0
     ref.open().put_bytes(key, json.dumps({"label": label, "files": files}).encode())
     return {"count": len(files), "grey": grey}
 
@@ -133,7 +141,7 @@ class ImageFolder(Source):
         if self.channels != "auto":
             return int(self.channels)
         files = self.files()
-        return 1 if all(is_grey(p) for p, _ in files) else 3
+        return 1 if all(_grey_or_unreadable(p) for p, _ in files) else 3
 
     def count(self) -> int:
         return sum(c for _, c in self.parts) if self.parts is not None else len(self.files())
@@ -170,6 +178,10 @@ class ImageFolder(Source):
         channels = int(self.channels)
         for i, path, label in self._range(start, stop):
             rel = path.relative_to(self.root).with_suffix("").as_posix()
-            yield {"key": f"{i:07d}-{safe_key(rel)}"[:120],
-                   "image": resize(read_image(path, channels), self.image_size),
+            try:
+                image = read_image(path, channels)
+            except DataError as e:
+                self.skip(str(path), e)
+                continue
+            yield {"key": f"{i:07d}-{safe_key(rel)}"[:120], "image": resize(image, self.image_size),
                    "label": label, "caption": self._caption(path, label)}

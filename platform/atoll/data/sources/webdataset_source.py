@@ -76,9 +76,14 @@ def decode(raw: dict, image_size: int | None) -> Sample:
             "caption": caption or None}
 
 
-def count_url(url: str, s3=None) -> int:
-    """Ray task: the number of samples in one shard."""
-    return sum(1 for _ in raw_samples([url], s3))
+def count_url(url: str, s3=None, on_corrupt: str = "error") -> int:
+    """Ray task: the number of samples in one shard; -1 for an unreadable one with ``on_corrupt: skip``."""
+    try:
+        return sum(1 for _ in raw_samples([url], s3))
+    except DataError:
+        if on_corrupt != "skip":
+            raise
+        return -1
 
 
 class WebDatasetShards(Source):
@@ -89,8 +94,13 @@ class WebDatasetShards(Source):
     def prepare(self, scratch) -> "WebDatasetShards":
         from atoll.data.distributed import map_tasks
 
-        self.counts = map_tasks(count_url, [(u, self.s3) for u in self.urls],
-                                desc=f"data: count {len(self.urls)} shards", samples_of=int)
+        counts = map_tasks(count_url, [(u, self.s3, self.on_corrupt) for u in self.urls],
+                           desc=f"data: count {len(self.urls)} shards", samples_of=lambda c: max(c, 0))
+        for u, c in zip(self.urls, counts):
+            if c < 0:
+                self.skip(u, DataError(f"WebDataset shard {u} cannot be read"))
+        self.urls = [u for u, c in zip(self.urls, counts) if c >= 0]
+        self.counts = [c for c in counts if c >= 0]
         return self
 
     def count(self) -> int:
@@ -109,4 +119,7 @@ class WebDatasetShards(Source):
             if i >= stop:
                 return
             if i >= start:
-                yield decode(raw, self.image_size)
+                try:
+                    yield decode(raw, self.image_size)
+                except DataError as e:
+                    self.skip(f"{raw.get('__url__')}:{raw.get('__key__')}", e)
