@@ -126,7 +126,7 @@ def _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped) -> tuple[list
     map_tasks(pt.features, [(ref, DATA, s, state, None if fit is None else fit[s], clips, on_corrupt,
                              compute_threads()) for s in shards],
               desc=f"partition: {spec.features.type} features", on_result=got, samples_of=lambda r: r["count"])
-    x = np.concatenate([feats.pop(s) for s in shards])
+    x = np.concatenate([f for f in (feats.pop(s) for s in shards) if len(f)])
     with threadpool_limits(compute_threads()):
         centroids, fine_of = fit_fine(x, spec.fine_clusters, spec.seed, spec.k)
     del x

@@ -170,7 +170,7 @@ def write_pieces(ref: StoreRef, prefix: str, s: int, k: int, num_classes: int, h
     has = (labels >= 0) & (labels < table.shape[1])
     np.add.at(table, (cluster[has], labels[has]), 1)
     sums = None
-    if feats is not None:
+    if feats is not None and len(feats):
         sums = np.zeros((k, feats.shape[1]), np.float64)
         np.add.at(sums, cluster, feats.astype(np.float64))
     pics = []
