@@ -242,7 +242,7 @@ def main() -> None:
         r["router"] = {m: measure("router", m, a, name) for m in (a.modes if first else ["stream"])}
         rows.append(r)
         shutil.rmtree(Path(a.root) / name, ignore_errors=True)
-    write(rows, a, started, uptime(), time.time() - t_start)
+        write(rows, a, started, uptime(), time.time() - t_start)  # after each N: a cut-short run keeps its rows
 
 
 def write(rows: list[dict], a, started: str, ended: str, wall: float) -> None:
