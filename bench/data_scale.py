@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--disk-gb", type=float, default=15.0)
     ap.add_argument("--shard-size", type=int, default=SHARD)
     ap.add_argument("--modes", nargs="+", default=["stream", "memory"], help="training readers to measure")
+    ap.add_argument("--units", nargs="+", default=["expert", "router"], help="what to train (the smoke test: expert)")
     ap.add_argument("--root", default="/tmp/atoll-data-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "data_scale.md"))
     ap.add_argument("--one", choices=["partition", "expert", "router"], help=argparse.SUPPRESS)
@@ -239,7 +240,8 @@ def main() -> None:
         r["partition"] = measure("partition", "stream", a, name)
         first = i == 0 or (px == 64 and plan[0][1] != 64)
         r["expert"] = {m: measure("expert", m, a, name) for m in a.modes}
-        r["router"] = {m: measure("router", m, a, name) for m in (a.modes if first else ["stream"])}
+        if "router" in a.units:
+            r["router"] = {m: measure("router", m, a, name) for m in (a.modes if first else ["stream"])}
         rows.append(r)
         shutil.rmtree(Path(a.root) / name, ignore_errors=True)
         write(rows, a, started, uptime(), time.time() - t_start)  # after each N: a cut-short run keeps its rows
@@ -251,7 +253,8 @@ def write(rows: list[dict], a, started: str, ended: str, wall: float) -> None:
             "stream / memory | router stream samples/s | router worker peak RSS MB stream (memory) |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
-        p, e, ro = r["partition"], r["expert"], r["router"]
+        p, e = r["partition"], r["expert"]
+        ro = r.get("router") or {"stream": {"samples_per_s": float("nan"), "peak_rss_mb": float("nan")}}
         rm = f" ({ro['memory']['peak_rss_mb']:.0f})" if "memory" in ro else ""
         em = e.get("memory", {"samples_per_s": float("nan"), "peak_rss_mb": float("nan")})
         lines.append(f"| {r['n']} | {r['px']} {'grey' if r['ch'] == 1 else 'RGB'} | {r['data_gb']:.2f} | "
@@ -273,7 +276,8 @@ def write(rows: list[dict], a, started: str, ended: str, wall: float) -> None:
                   f"- expert worker, streamed: {ratio(lambda r: r['expert']['stream']['peak_rss_mb']):.2f}"
                   + (f" (in memory: {ratio(lambda r: r['expert']['memory']['peak_rss_mb']):.2f})"
                      if "memory" in lo["expert"] else ""),
-                  f"- router worker, streamed: {ratio(lambda r: r['router']['stream']['peak_rss_mb']):.2f}",
+                  *([f"- router worker, streamed: {ratio(lambda r: r['router']['stream']['peak_rss_mb']):.2f}"]
+                    if "router" in lo else []),
                   f"- partition time per sample: {ratio(lambda r: r['partition']['wall_s'] / r['n']):.2f}"]
     table = "\n".join(lines + [""] + ratios)
     print(table, flush=True)
