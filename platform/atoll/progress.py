@@ -28,7 +28,9 @@ class _Line:
             self.last = now
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             tot = f"/{self.total}" if self.total else ""
-            print(f"[{self.desc}] {self.n}{tot} {now - self.t0:.1f}s {extra}".rstrip(), file=sys.stderr, flush=True)
+            el = now - self.t0
+            eta = f" eta {el * (self.total - self.n) / self.n:.0f}s" if self.total and 0 < self.n < self.total else ""
+            print(f"[{self.desc}] {self.n}{tot} {el:.1f}s{eta} {extra}".rstrip(), file=sys.stderr, flush=True)
 
 
 class _Rich:
@@ -36,7 +38,8 @@ class _Rich:
         self.p, self.task = progress, task
 
     def advance(self, n: int = 1, **fields) -> None:
-        self.p.update(self.task, advance=n, **fields)
+        info = " ".join(f"{k}={v}" for k, v in fields.items())
+        self.p.update(self.task, advance=n, info=info)
 
 
 @contextlib.contextmanager
@@ -46,6 +49,6 @@ def task(desc: str, total: int | None = None) -> Iterator[_Line | _Rich]:
         yield _Line(desc, total)
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn()]
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
     with Progress(*cols, console=console(), transient=False) as p:
-        yield _Rich(p, p.add_task(desc, total=total))
+        yield _Rich(p, p.add_task(desc, total=total, info=""))

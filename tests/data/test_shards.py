@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from atoll.data import CorruptShard, iter_samples, load_arrays
-from atoll.data.shards import commit_shards, write_samples_shard
 from atoll.data.sources.digits import Digits
 from atoll.data.sources.webdataset_source import WebDatasetShards
 
-
-def write_digits(store, prefix="art", n=300, shard=128):
-    src = Digits()
-    entries = [write_samples_shard(store, prefix, i, src.read(a, min(a + shard, n)))
-               for i, a in enumerate(range(0, n, shard))]
-    return commit_shards(store, prefix, entries, image_shape=[1, 8, 8], num_classes=10, class_names=src.class_names)
+from atoll_data_helpers import write_digits
 
 
 def test_round_trip_with_manifest_and_hashes(any_store):
@@ -91,3 +85,10 @@ def test_webdataset_source_rereads_shards(any_store):
     assert all(np.array_equal(g["image"], r["image"]) for g, r in zip(got, ref))
     assert [g["label"] for g in got] == [r["label"] for r in ref]
     assert got[0]["caption"] == ref[0]["caption"]
+
+
+def test_load_arrays_limit_reads_only_the_first_samples(file_store):
+    m = write_digits(file_store, n=300, shard=128)
+    file_store.delete(f"art/{m['shards'][2]['name']}")  # never opened for the first 200
+    a = load_arrays(file_store, "art", limit=200)
+    assert len(a) == 200 and a.keys == [s["key"] for s in Digits().read(0, 200)]

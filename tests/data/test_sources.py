@@ -10,7 +10,7 @@ from atoll.data.sources import caption_from_class, open_source
 from atoll.data.sources.fashion_mnist import FILES, FashionMnist
 from atoll.data.sources.image_folder import ImageFolder
 
-from atoll_data_helpers import job, make_folder
+from atoll_data_helpers import grey_folder, job, make_folder
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -109,6 +109,17 @@ def test_image_folder_corrupt_image_names_file(tmp_path):
     assert str(bad) in str(e.value)
 
 
+def test_image_folder_skips_unreadable_files_when_asked(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    bad = root / "dog" / "img1.png"
+    bad.write_bytes(b"not a png at all")
+    src = open_source(job(source={"type": "image-folder", "path": str(root)}, data={"onCorrupt": "skip"},
+                          partition={"k": 2, "fineClusters": 2}).spec.data)
+    got = list(src.read(0, 100))
+    assert len(got) == 5 and src.skipped == [str(bad)]
+    assert all("dog_img1" not in x["key"] for x in got)
+
+
 def test_image_folder_without_classes(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
@@ -122,3 +133,17 @@ def test_moving_clips_source_opens():
     assert src.count() == 3
     first = next(iter(src.read(0, 1)))
     assert first["image"].shape[0] == 4 * first["image"].shape[1]  # frames stacked vertically
+
+
+def test_image_folder_channels(tmp_path):
+    grey = grey_folder(tmp_path / "grey")
+    s = list(ImageFolder(str(grey), "folders").read(0, 10))  # auto: every file is grey -> one channel
+    assert len(s) == 6 and all(x["image"].shape == (6, 7, 1) for x in s)
+    rgb = list(ImageFolder(str(grey), "folders", channels=3).read(0, 10))
+    assert rgb[0]["image"].shape == (6, 7, 3) and np.array_equal(rgb[0]["image"][:, :, 1], s[0]["image"][:, :, 0])
+    mixed = grey_folder(tmp_path / "mixed", colour=1)  # one colour file: auto -> RGB for all
+    assert {x["image"].shape for x in ImageFolder(str(mixed), "folders").read(0, 10)} == {(6, 7, 3)}
+    one = list(ImageFolder(str(mixed), "folders", channels=1).read(0, 10))
+    assert {x["image"].shape for x in one} == {(6, 7, 1)}
+    assert job(source={"type": "image-folder", "path": str(grey), "channels": 1},
+               partition={"k": 2, "fineClusters": 2}).spec.data.source.channels == 1

@@ -40,7 +40,7 @@ def test_video_expert_task_trains(tmp_path):
     task = make_task(job, "expert", 0)
     assert isinstance(task, VideoExpertTask)
     task.load(run)
-    assert tuple(task.images.shape) == (12, 1, 4, 16, 16)
+    assert task.num_samples() == 12 and task.clip_shape == (1, 4, 16, 16)
     model = task.build_model()
     assert isinstance(model, VideoDiT) and model.config.frames == 4 and model.config.num_classes == 10
     b = task.batch(0, 0, 0, 1, 0, 1, "cpu")

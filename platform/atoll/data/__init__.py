@@ -4,8 +4,11 @@ Public API::
 
     run_data(job, run) -> dict            # committed manifest of run/data
     run_partition(job, run) -> dict       # committed manifest of run/partition
-    load_arrays(store, prefix) -> Arrays  # a whole artifact in memory
-    iter_samples(store, prefix, *, rank=0, world_size=1, shuffle_seed=None)  # streaming
+    load_arrays(store, prefix) -> Arrays  # a whole artifact in memory (small data, tests)
+    iter_samples(store, prefix, *, rank=0, world_size=1, shuffle_seed=None)  # a plain webdataset stream
+
+Training reads (``atoll.data.loader``): ``Collection(store, prefixes)`` + ``Schedule(n, seed, rank,
+world)`` -> ``open_loader(col, schedule, "stream" | "memory").batch(start, stop)``; see docs/data.md.
 """
 from atoll.data.errors import CorruptShard, DataError
 from atoll.data.readers import Arrays, iter_samples, load_arrays

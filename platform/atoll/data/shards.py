@@ -2,9 +2,12 @@
 
 Each sample is ``KEY.png`` (lossless), ``KEY.cls`` (label, -1 if none) and
 ``KEY.txt`` (caption, when present). Shards are named ``shard-00000.tar``,
-built in memory and written with one atomic ``put_bytes``; the artifact's
-``manifest.json`` (counts, shards with sizes and sha256, image shape, classes)
-is committed last by ``commit_shards``. Readers live in ``atoll.data.readers``.
+built in memory and written with one atomic ``put_bytes``, each with its sample
+index ``shard-00000.idx`` beside it (``atoll.data.shardindex``: byte offset and
+crc32 of every sample, for ranged reads); the artifact's ``manifest.json``
+(counts, shards and indexes with sizes and sha256, image shape, classes) is
+committed last by ``commit_shards``. Readers live in ``atoll.data.readers`` and
+``atoll.data.stream``.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from atoll.data import shardindex
 from atoll.data.errors import DataError
 from atoll.data.tario import END, member
 from atoll.store import Store, join
@@ -45,36 +49,35 @@ def sample_record(sample: dict) -> tuple[str, dict[str, bytes]]:
     return sample["key"], rec
 
 
-def tar_bytes(records: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, int]:
-    """A deterministic tar (fixed mtime/owner, extensions sorted) of records; returns (bytes, sample count)."""
-    parts, n, seen = [], 0, set()
+def sample_blocks(records: Iterable[tuple[str, dict[str, bytes]]]) -> list[bytes]:
+    """Each record's tar members (fixed mtime/owner, extensions sorted), one bytes object per sample."""
+    out, seen = [], set()
     for key, rec in records:
         if key in seen or "." in key:
             raise DataError(f"sample key {key!r} is repeated or holds a '.'; keys must be unique, without dots")
         seen.add(key)
-        parts.extend(member(f"{key}.{ext}", rec[ext]) for ext in sorted(rec))
-        n += 1
-    parts.append(END)
-    return b"".join(parts), n
+        out.append(b"".join(member(f"{key}.{ext}", rec[ext]) for ext in sorted(rec)))
+    return out
 
 
-def put_tar(store: Store, prefix: str, index: int, data: bytes, count: int, **stats) -> dict:
-    """Writes one shard's bytes atomically; returns its manifest entry (name, count, size, sha256, + stats)."""
+def put_blocks(store: Store, prefix: str, index: int, blocks: list[bytes], **stats) -> dict:
+    """Writes one shard made of samples' tar blocks (new, or ``__tar__`` of ``tario.records`` copied
+    from other shards) and its sample index, each atomically; returns its manifest entry
+    (name, count, size, sha256, index, + stats)."""
     name = shard_name(index)
+    data = b"".join(blocks) + END
+    idx = shardindex.to_bytes(shardindex.build(blocks))
+    iname = shardindex.index_name(name)
+    store.put_bytes(join(prefix, iname), idx)
     store.put_bytes(join(prefix, name), data)
-    return {"name": name, "count": count, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), **stats}
-
-
-def put_blocks(store: Store, prefix: str, index: int, blocks: list[bytes]) -> dict:
-    """A shard made of samples' tar blocks copied from other shards (``__tar__`` of ``tario.records``)."""
-    return put_tar(store, prefix, index, b"".join(blocks) + END, len(blocks))
+    return {"name": name, "count": len(blocks), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "index": shardindex.entry(iname, idx), **stats}
 
 
 def put_shard(store: Store, prefix: str, index: int, records: Iterable[tuple[str, dict[str, bytes]]],
               **stats) -> dict:
     """Encodes records into one shard and writes it atomically; returns its manifest entry."""
-    data, n = tar_bytes(records)
-    return put_tar(store, prefix, index, data, n, **stats)
+    return put_blocks(store, prefix, index, sample_blocks(records), **stats)
 
 
 def write_samples_shard(store: Store, prefix: str, index: int, samples: Iterable[dict]) -> dict:
@@ -97,7 +100,7 @@ def write_samples_shard(store: Store, prefix: str, index: int, samples: Iterable
 
 def commit_shards(store: Store, prefix: str, shards: list[dict], **fields) -> dict:
     """Commits the artifact at ``prefix``: its manifest, written last, lists the shards."""
-    entries = [{k: s[k] for k in ("name", "count", "size", "sha256")} for s in shards]
+    entries = [{k: s[k] for k in ("name", "count", "size", "sha256", "index") if k in s} for s in shards]
     manifest = {"format": FORMAT, "count": sum(s["count"] for s in entries), "num_shards": len(entries),
                 "shards": entries, **fields}
     return store.commit(prefix, manifest)

@@ -41,8 +41,9 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{d}/{key}" if d else key), ext.lower()
 
 
-def members(data: bytes, url: str) -> Iterator[tuple[str, int, int]]:
-    """(name, data start, data end) of each member; CorruptShard names ``url`` when the tar is malformed."""
+def members(data: bytes, url: str, whole: bool = True) -> Iterator[tuple[str, int, int]]:
+    """(name, data start, data end) of each member; CorruptShard names ``url`` when the tar is malformed.
+    ``whole=False`` reads a byte range of whole members (no end-of-archive marker)."""
     pos, n = 0, len(data)
     while pos + BLOCK <= n:
         h = data[pos:pos + BLOCK]
@@ -64,13 +65,16 @@ def members(data: bytes, url: str) -> Iterator[tuple[str, int, int]]:
                                "delete the artifact and rerun its stage")
         yield (prefix + b"/" + name if prefix else name).decode(), start, start + size
         pos = start + size + (-size % BLOCK)
+    if not whole and pos == n:
+        return
     raise CorruptShard(f"shard {url} is truncated (no end-of-archive marker); delete the artifact and rerun its stage")
 
 
-def records(data: bytes, url: str) -> Iterator[dict]:
-    """WebDataset-style samples ``{"__key__", "__url__", ext: bytes, "__tar__": the sample's tar blocks}``."""
+def records(data: bytes, url: str, whole: bool = True) -> Iterator[dict]:
+    """WebDataset-style samples ``{"__key__", "__url__", ext: bytes, "__tar__": the sample's tar blocks}``.
+    ``whole=False``: ``data`` is a byte range of whole samples (see ``members``)."""
     cur, first, last = None, 0, 0
-    for name, start, end in members(data, url):
+    for name, start, end in members(data, url, whole):
         key, ext = split_name(name)
         if cur is not None and key != cur["__key__"]:
             cur["__tar__"] = data[first:last]

@@ -54,7 +54,7 @@ def training_fingerprint(job: JobSpec, unit: Unit) -> str:
     body = section.model_dump(mode="json", exclude={"scaling", "recipe"})
     body["training"] = {k: v for k, v in body["training"].items() if k not in _BOOKKEEPING}
     extra = {"experts": {"model": s.experts.model, "conditioning": s.experts.conditioning}} if unit.role == "router" else {}
-    return spec_hash({"data": s.data.model_dump(mode="json"), "partition": s.partition.model_dump(mode="json"),
+    return spec_hash({"data": s.data.training_view(), "partition": s.partition.model_dump(mode="json"),
                       "unit": body, **extra})
 
 

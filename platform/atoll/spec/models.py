@@ -9,9 +9,9 @@ what to change.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "atoll/v1"
@@ -36,6 +36,22 @@ class FieldError(ValueError):
 class Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
                               populate_by_name=True, validate_default=True)
+
+
+class OmitsLaterDefaults(Base):
+    """A model whose fields in ``LATER`` (added after runs were made with it) are left out of dumps
+    while they hold their defaults: the hashes of earlier runs' specs (data stage, training
+    fingerprints) stay valid, and parsing a dump fills the defaults back in."""
+
+    LATER: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler, info):
+        out = handler(self)
+        for name in self.LATER:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                out.pop(to_camel(name) if info.by_alias else name, None)
+        return out
 
 
 # -- metadata -----------------------------------------------------------------
@@ -91,10 +107,13 @@ class DigitsSource(Base):
     type: Literal["digits"]
 
 
-class ImageFolderSource(Base):
+class ImageFolderSource(OmitsLaterDefaults):
+    LATER: ClassVar[tuple[str, ...]] = ("channels",)
     type: Literal["image-folder"]
     path: str = Field(description="Folder of images: class sub-folders (labels) or NAME.txt caption files beside images.")
     labels: Literal["folders", "captions"] = "folders"
+    channels: Literal["auto", 1, 3] = Field("auto", description=(
+        "Channels of the stored images: 1 (grey), 3 (RGB), or auto: 1 when every file is grey, else 3."))
 
 
 class WebDatasetSource(Base):
@@ -118,11 +137,39 @@ Source = Annotated[Union[FashionMnistSource, DigitsSource, ImageFolderSource, We
                    Field(discriminator="type")]
 
 
-class DataSpec(Base):
+class LoaderSpec(Base):
+    """How training reads its shards (experts and router)."""
+    mode: Literal["stream", "memory"] = Field("stream", description=(
+        "stream: ranged reads of the shards, one shuffle window (+ prefetch) in memory; memory: decode "
+        "every sample once up front (small data). Both give the same samples for the same seed."))
+    shuffle_window: int = Field(4096, ge=1, le=10_000_000, description=(
+        "Samples shuffled together (a window of whole chunks); memory ~ (1 + prefetch) x window x sample size."))
+    chunk_size: int = Field(64, ge=1, le=100_000, description="Consecutive samples per ranged read.")
+    prefetch: int = Field(1, ge=0, le=16, description="Windows assembled ahead on a background thread.")
+    read_threads: int = Field(4, ge=1, le=64, description="Ranged reads in flight at once.")
+
+
+class DataSpec(OmitsLaterDefaults):
+    LATER: ClassVar[tuple[str, ...]] = ("on_corrupt", "loader")
     source: Source
     limit: int | None = Field(None, ge=1, description="Use only the first N samples.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Resize images to this square size.")
     shard_size: int = Field(10000, ge=16, le=1_000_000, description="Samples per WebDataset shard.")
+    on_corrupt: Literal["error", "skip"] = Field("error", description=(
+        "A corrupt shard or sample met while partitioning or training: error (a clear error naming the "
+        "shard) or skip (leave it out, counted in the stage's manifest and the island's metrics)."))
+    loader: LoaderSpec = Field(default_factory=LoaderSpec)
+
+    #: fields that change how data is read, not what the data stage writes
+    READING: ClassVar[set[str]] = {"on_corrupt", "loader"}
+
+    def training_view(self) -> dict:
+        """What of this section decides the trained weights: the data, and the sample order
+        (``loader.shuffleWindow`` / ``chunkSize``, when not the defaults); not how it is read."""
+        out = self.model_dump(mode="json", exclude=self.READING)
+        order = {k: getattr(self.loader, k) for k in ("shuffle_window", "chunk_size")
+                 if getattr(self.loader, k) != LoaderSpec.model_fields[k].default}
+        return {**out, "loader_order": order} if order else out
 
     def num_samples(self) -> int | None:
         """The sample count when it is known without reading data."""

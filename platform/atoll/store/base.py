@@ -96,6 +96,11 @@ class Store(ABC):
         """A readable binary stream of the whole object."""
         return io.BytesIO(self.get_bytes(key))
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``start`` .. ``stop - 1`` of an object (fewer when the object is shorter).
+        Backends override it with a ranged read; this fallback reads the whole object."""
+        return self.get_bytes(key)[start:stop]
+
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """``with store.writer(key) as f: f.write(...)`` — committed on exit only."""
@@ -181,6 +186,9 @@ class PrefixStore(Store):
 
     def open(self, key):
         return self.parent.open(self._k(key))
+
+    def get_range(self, key, start, stop):
+        return self.parent.get_range(self._k(key), start, stop)
 
     def sub(self, prefix):
         return PrefixStore(self.parent, join(self.prefix, prefix))

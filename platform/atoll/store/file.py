@@ -58,6 +58,14 @@ class FileStore(Store):
         except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"{self.url(key)} does not exist") from None
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        try:
+            with open(self._p(key), "rb") as f:
+                f.seek(start)
+                return f.read(max(0, stop - start))
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"{self.url(key)} does not exist") from None
+
     def get_file(self, key: str, path: str | Path) -> Path:
         src = self._p(key)
         if not src.is_file():

@@ -98,6 +98,19 @@ class S3Store(Store):
         except Exception as e:
             raise self._fail(e, key, "read") from e
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._k(key),
+                                          Range=f"bytes={start}-{stop - 1}")["Body"].read()
+        except Exception as e:
+            from botocore.exceptions import ClientError
+
+            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # the object is shorter than ``start``
+            raise self._fail(e, key, "read") from e
+
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._k(key))

@@ -38,6 +38,11 @@ class IslandLog:
         if self.island.exists("metrics.json"):
             self.history = [h for h in self.island.get_json("metrics.json").get("history", []) if h["step"] <= step]
 
+    def _data(self) -> dict:
+        """The task's reader metrics (corrupt shards / samples skipped, bytes read, time waited on data)."""
+        stats = getattr(self.task, "data_stats", None)
+        return stats() if callable(stats) else {}
+
     def _progress(self, state: str, step: int, loss: float | None, sps: float | None) -> None:
         total = self.task.training.steps
         elapsed = time.time() - self.t0
@@ -47,7 +52,7 @@ class IslandLog:
             "name": self.task.name, "state": state, "step": step, "total": total, "loss": loss,
             "samples_per_s": sps, "eta_s": eta, "elapsed_s": elapsed, "pid": os.getpid(),
             "host": socket.gethostname(), "world_size": self.world, "restarts": self.restarts,
-            "updated": time.time()})
+            "data": self._data(), "updated": time.time()})
 
     def step(self, step: int, loss: float, sps: float, lr: float) -> None:
         self.history.append({"step": step, "loss": loss, "samples_per_s": sps, "lr": lr,
@@ -70,7 +75,7 @@ class IslandLog:
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "samples_per_s": sum(sps) / len(sps) if sps else None,
             "wall_s_last_attempt": time.time() - self.t0, "restarts": self.restarts,
-            "resumed_from_step": self.start_step, "model": "model", **self.extra,
+            "resumed_from_step": self.start_step, "model": "model", "data": self._data(), **self.extra,
         }
         self.island.put_bytes("losses.png", loss_png(self.history, self.task.name))
         self._progress("done", tr.steps, manifest["final_loss"], manifest["samples_per_s"])

@@ -1,9 +1,11 @@
 """What an island trains: an expert (flow-matching DiT) or the router (classifier).
 
-A task knows its data, its model and its loss; the loop in ``loop.py`` knows
-nothing else. Batches are drawn from in-memory arrays with indices that depend
-only on (seed, step, rank), so a resumed run sees exactly the batches the
-interrupted one would have.
+A task knows its data, its model and its loss; the loop in ``loop.py`` knows nothing
+else. Data is streamed from the run's shard artifacts (``atoll.data.loader``; or held
+in memory with ``data.loader.mode: memory``): the samples of step ``s`` on rank ``r``
+are a pure function of (seed, s, r) for a given world size, so a resumed run sees
+exactly the batches the interrupted one would have. Task kinds are looked up in
+``atoll.train.registry`` (``make_task``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import torch.nn.functional as F
 from atoll.models.flow import interpolate, sample_t
 from atoll.spec.models import JobSpec, TrainingSpec
 from atoll.store import Store
+from atoll.train.registry import make_task, register
+
+__all__ = ["Batch", "ExpertTask", "RouterTask", "Task", "make_task", "router_accuracy"]
 
 
 def expert_dir(k: int) -> str:
@@ -26,52 +31,115 @@ def partition_dir(k: int) -> str:
     return f"partition/expert-{k:03d}"
 
 
-def batch_indices(n: int, step: int, batch: int, seed: int) -> torch.Tensor:
-    """The global batch of optimizer step ``step``: epoch-wise permutations of range(n)."""
-    start = step * batch
-    out = []
-    while len(out) < batch:
-        epoch, off = divmod(start + len(out), n)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        out.extend(perm[off: off + batch - len(out)].tolist())
-    return torch.tensor(out, dtype=torch.long)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1.0
+def to_unit(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A batch's payload as the model's input: uint8 images [0, 255] -> float [-1, 1]; float payloads as they are."""
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    return t.float() / 127.5 - 1.0 if t.dtype == torch.uint8 else t.float()
 
 
 @dataclass
 class Batch:
     x0: torch.Tensor
-    y: torch.Tensor                      # the training target's labels (classes, captions or clusters)
+    y: torch.Tensor                      # the training target's labels (classes or clusters)
     c: torch.Tensor | None = None        # router only: the samples' classes (its conditioning)
+    text: torch.Tensor | None = None     # text experts: caption states [b, L, D] and mask [b, L]
+    text_mask: torch.Tensor | None = None
 
 
 class Task:
     name: str
     training: TrainingSpec
     kind: str  # "dit" | "router"
+    job: JobSpec
 
-    def load(self, run: Store) -> None: ...
+    def prefixes(self) -> list[str]: ...
     def build_model(self) -> torch.nn.Module: ...
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor: ...
+    def make_batch(self, part, device) -> Batch: ...
+
+    def load(self, run: Store) -> None:
+        """Opens the task's shard artifacts (manifests only; ``loader.mode: memory`` decodes them all)."""
+        from atoll.data.collection import Collection
+        from atoll.data.loader import MemoryData
+
+        data = self.job.spec.data
+        self.run, self.opts = run, data.loader
+        self.col = Collection(run, self.prefixes(), on_corrupt=data.on_corrupt)
+        if self.col.n == 0:
+            from atoll.data.errors import DataError
+
+            raise DataError(f"{self.name}: {', '.join(run.url(p) for p in self.prefixes())} hold no samples; "
+                            "lower partition.k (or fix the data) so that every expert gets some")
+        self.memory = MemoryData(self.col) if self.opts.mode == "memory" else None
+        self.sample_shape = first_shape(self.col)
+        self._loaders: dict[tuple[int, int, int], object] = {}
+        m = run.manifest("data") or {}
+        self.num_classes = int(m.get("num_classes") or self.col.artifact_meta("num_classes", 0) or 0)
 
     def num_samples(self) -> int:
-        return len(self.images)
+        return self.col.n
+
+    def loader(self, rank: int, world: int, seed: int | None = None, prefetch: int | None = None):
+        """The loader of rank ``rank`` of ``world`` (one per schedule, kept open)."""
+        from atoll.data.loader import open_loader
+        from atoll.data.schedule import Schedule
+
+        seed = self.training.seed if seed is None else seed
+        key = (rank, world, seed)
+        if key not in self._loaders:
+            o = self.opts
+            sch = Schedule(self.col.n, seed, rank, world, chunk=o.chunk_size, window=o.shuffle_window)
+            self._loaders[key] = open_loader(self.col, sch, o.mode, memory=self.memory, threads=o.read_threads,
+                                             prefetch=o.prefetch if prefetch is None else prefetch)
+        return self._loaders[key]
 
     def batch(self, step: int, micro: int, rank: int, world: int, accum_i: int, accum: int, device) -> Batch:
-        idx = batch_indices(len(self.images), step, self.training.batch_size, self.training.seed)
+        """Micro-batch ``accum_i`` of ``accum`` of step ``step`` on rank ``rank`` of ``world``: positions
+        ``(step * accum + accum_i) * per ...`` of the rank's schedule, ``per = batchSize / (world * accum)``."""
         per = self.training.batch_size // (world * accum)
-        lo = (accum_i * world + rank) * per
-        sel = idx[lo: lo + per]
-        classes = getattr(self, "classes", None)
-        return Batch(to_unit(self.images[sel]).to(device), self.labels[sel].to(device),
-                     None if classes is None else classes[sel].to(device))
+        start = (step * accum + accum_i) * per
+        return self.make_batch(self.loader(rank, world).batch(start, start + per), device)
+
+    def data_stats(self) -> dict:
+        """What the readers did (corrupt shards skipped, samples skipped, bytes read, time waited) and
+        the process's peak RSS."""
+        out = {"samples": self.col.n, "mode": self.opts.mode, "corrupt_shard_names": list(self.col.stats["corrupt_shards"])}
+        for ld in self._loaders.values():
+            for k, v in ld.stats().items():
+                if isinstance(v, (int, float)):
+                    out[k] = out.get(k, 0) + v
+        out.update(corrupt_shards=len(out["corrupt_shard_names"]), skipped_samples=self.col.stats["skipped_samples"],
+                   bytes_read=self.col.stats["bytes_read"], reads=self.col.stats["reads"],
+                   process_peak_rss_mb=round(peak_rss_mb(), 1))
+        return out
+
+    def x0(self, x: np.ndarray) -> torch.Tensor:
+        return to_unit(x)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (what the data readers must keep flat in the dataset size)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def first_shape(col) -> tuple[int, ...]:
+    """The stored payload's shape (the manifest's ``image_shape``, else the first readable sample's)."""
+    from atoll.data.records import model_array
+
+    shape = col.artifact_meta("image_shape")
+    if shape:
+        return tuple(int(v) for v in shape)
+    for s in range(len(col.shards)):
+        if col.shards[s][2]["count"]:
+            raw = col.rows(s, 0, 1)[0]
+            if raw is not None:
+                return tuple(model_array(raw)[0].shape)
+    raise ValueError(f"no readable sample in {', '.join(col.store.url(p) for p in col.prefixes)}")
+
+
+@register("image-expert")
 class ExpertTask(Task):
     """Rectified-flow training of expert ``k`` (or the monolith) on its own shards."""
     kind = "dit"
@@ -84,36 +152,37 @@ class ExpertTask(Task):
             t = self.training
             self.training = t.model_copy(update={"batch_size": t.batch_size * job.spec.partition.k})
         self.name = f"expert-{k:03d}"
+        self.text = None
 
     @property
     def data_prefix(self) -> str:
         return "data" if self.job.spec.experts.mode == "monolith" else partition_dir(self.k)
 
+    def prefixes(self) -> list[str]:
+        return [self.data_prefix]
+
     def load(self, run: Store) -> None:
-        from atoll.data.readers import load_arrays
-
-        arr = load_arrays(run, self.data_prefix)
-        self.images = torch.from_numpy(np.ascontiguousarray(arr.images))
-        self.labels = torch.from_numpy(np.asarray(arr.labels, dtype=np.int64))
-        data = run.manifest("data") or {}
-        self.num_classes = int(data.get("num_classes") or (int(self.labels.max()) + 1 if len(self.labels) else 0))
+        super().load(run)
         if self.job.spec.experts.conditioning == "text":
-            self._load_text(arr.captions)
+            from atoll.train.captions import CaptionStates
 
-    def _load_text(self, captions) -> None:
-        """Encodes the distinct captions once; a batch indexes into the table."""
-        from atoll.models.text import TextEncoder
+            self.text = CaptionStates()
 
-        if not captions or not any(captions):
-            raise ValueError(f"{self.name}: experts.conditioning is 'text' but the data has no captions; use "
-                             "conditioning: class, or a source with captions (image-folder with .txt files)")
-        states, mask, index = TextEncoder().encode_unique(list(captions))
-        self.text_states, self.text_mask, self.labels = states, mask, index  # labels now index the table
+    def make_batch(self, part, device) -> Batch:
+        y = torch.from_numpy(part.label)
+        b = Batch(self.x0(part.x).to(device), y.to(device))
+        if self.text is not None:
+            if part.captions is None:
+                raise ValueError(f"{self.name}: experts.conditioning is 'text' but the data has no captions; use "
+                                 "conditioning: class, or a source with captions (image-folder with .txt files)")
+            states, mask = self.text.states(part.captions)
+            b.text, b.text_mask = states.to(device), mask.to(device)
+        return b
 
     def model_config(self):
         from atoll.models.dit import DiTConfig
 
-        _, c, h, _ = self.images.shape
+        c, h, _ = self.sample_shape
         ex = self.job.spec.experts
         text = ex.conditioning == "text"
         return DiTConfig(size=ex.model, input_size=h, in_channels=c,
@@ -132,16 +201,22 @@ class ExpertTask(Task):
         if cond == "class":  # dropped labels become the null class (classifier-free guidance)
             kw["y"] = torch.where(drop, torch.full_like(y, self.num_classes), y)
         elif cond == "text":  # dropped captions get an all-False mask: the null text
-            kw["text"] = self.text_states[y].to(x0.device, dtype)
-            kw["text_mask"] = self.text_mask[y].to(x0.device) & ~drop[:, None]
+            kw["text"] = batch.text.to(x0.device, dtype)
+            kw["text_mask"] = batch.text_mask.to(x0.device) & ~drop[:, None]
         t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
         v = model(interpolate(x0, eps, t).to(dtype), t.to(dtype), **kw)  # images or clips
         return F.mse_loss(v.float(), eps - x0)
 
 
+@register("router")
 class RouterTask(Task):
-    """Cross-entropy of the router on noised samples of all partitions and their cluster ids."""
+    """Cross-entropy of the router on noised samples of all partitions and their cluster ids.
+
+    Its data is the experts' shard artifacts read as one collection: each shuffle window
+    draws chunks from all partitions at random, so the mix follows the partition sizes
+    without holding any partition.
+    """
     kind = "router"
 
     def __init__(self, job: JobSpec):
@@ -149,31 +224,36 @@ class RouterTask(Task):
         self.training = job.spec.router.training
         self.name = "router"
 
-    def load(self, run: Store) -> None:
-        from atoll.data.readers import load_arrays
+    def prefixes(self) -> list[str]:
+        return [partition_dir(k) for k in range(self.job.spec.partition.k)]
 
-        imgs, labels, classes = [], [], []
-        for k in range(self.job.spec.partition.k):
-            arr = load_arrays(run, partition_dir(k))
-            imgs.append(torch.from_numpy(np.ascontiguousarray(arr.images)))
-            labels.append(torch.full((len(arr.images),), k, dtype=torch.long))
-            classes.append(torch.from_numpy(np.asarray(arr.labels, dtype=np.int64)))
-        self.images, self.labels = torch.cat(imgs), torch.cat(labels)
+    def load(self, run: Store) -> None:
+        super().load(run)
+        if self.job.spec.experts.conditioning != "class":
+            self.num_classes = 0  # route on the class too only when experts are class-conditional: p(k | x_t, y)
+
+    @property
+    def classes(self) -> bool | None:
+        """True when the router is given the samples' classes (``loop._finish`` checks ``is not None``
+        to also report the accuracy without them); None otherwise."""
+        return True if self.num_classes else None
+
+    def x0(self, x: np.ndarray) -> torch.Tensor:
         if self.job.spec.is_video:  # stored frame strips -> clips [N, C, T, H, W]; the router sees frame means
             from atoll.data.sources.moving_clips import clips_tensor
 
-            self.images = torch.from_numpy(clips_tensor(self.images.numpy()))
-        self.num_classes = 0
-        if self.job.spec.experts.conditioning == "class":  # route on the class too: p(k | x_t, y)
-            data = run.manifest("data") or {}
-            self.classes = torch.cat(classes)
-            self.num_classes = int(data.get("num_classes") or int(self.classes.max()) + 1)
+            x = clips_tensor(x)
+        return to_unit(x)
+
+    def make_batch(self, part, device) -> Batch:
+        c = torch.from_numpy(part.label).to(device) if self.num_classes else None
+        return Batch(self.x0(part.x).to(device), torch.from_numpy(part.artifact).to(device), c)
 
     def model_config(self):
         from atoll.models.router import RouterConfig
 
-        c, h = self.images.shape[1], self.images.shape[-1]  # images [N, C, H, W] or clips [N, C, T, H, W]
-        return RouterConfig(size=self.job.spec.router.model, input_size=h, in_channels=c,
+        c, w = self.sample_shape[0], self.sample_shape[-1]  # [C, H, W], or clips [C, T*H, W]: frames are W square
+        return RouterConfig(size=self.job.spec.router.model, input_size=w, in_channels=c,
                             num_experts=self.job.spec.partition.k, num_classes=self.num_classes)
 
     def build_model(self) -> torch.nn.Module:
@@ -204,29 +284,19 @@ def router_accuracy(model, task: RouterTask, ts=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
                     dtype=torch.float32, device="cpu", seed: int = 1234, with_class: bool = True) -> dict[str, float]:
     """Router top-1 accuracy against the true cluster at fixed noise levels t.
 
-    A class-conditional router is given the samples' classes (``with_class``) or the null class.
-    Without the class, accuracy falls to about chance as t -> 1 (pure noise says nothing).
+    The eval set is the first ``n`` samples of a schedule of its own (``seed``, one rank), read
+    like training data. A class-conditional router is given the samples' classes (``with_class``)
+    or the null class. Without the class, accuracy falls to about chance as t -> 1.
     """
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(task.images), generator=g)[:n]
-    x0, y = to_unit(task.images[idx]).to(device), task.labels[idx].to(device)
-    classes = getattr(task, "classes", None) if with_class else None
-    kw = {} if classes is None else {"y": classes[idx].to(device)}
+    m = min(n, task.num_samples())
+    part = task.loader(0, 1, seed=seed, prefetch=0).batch(0, m)
+    batch = task.make_batch(part, device)
+    x0, y = batch.x0, batch.y
+    kw = {"y": batch.c} if with_class and batch.c is not None else {}
     out = {}
     for t in ts:
-        x_t, tt = noised(x0, g, torch.full((len(idx),), float(t)))
+        x_t, tt = noised(x0, g, torch.full((m,), float(t)))
         pred = model(x_t.to(dtype), tt.to(dtype), **kw).argmax(-1)
         out[f"{t:g}"] = float((pred == y).float().mean())
     return out
-
-
-def make_task(job: JobSpec, role: str, expert: int | None) -> Task:
-    if role == "router":
-        return RouterTask(job)
-    if expert is None:
-        raise ValueError("an expert task needs the expert id")
-    from atoll.train.video_task import VideoExpertTask, is_video_model  # video experts: see video_task.py
-
-    if is_video_model(job.spec.experts.model):
-        return VideoExpertTask(job, expert)
-    return ExpertTask(job, expert)

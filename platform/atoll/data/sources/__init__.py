@@ -5,10 +5,17 @@ from atoll.data.sources.base import Sample, Source, caption_from_class, safe_key
 
 
 def open_source(data, s3=None) -> Source:
-    """The Source for a ``DataSpec`` (``data.source``, resized to ``data.image_size``).
+    """The Source for a ``DataSpec`` (``data.source``, resized to ``data.image_size``; unreadable
+    files or shards skipped when ``data.onCorrupt`` is ``skip``).
 
     ``s3`` is an ``atoll.store.S3Config`` for s3:// WebDataset URLs (default: environment).
     """
+    source = _open(data, s3)
+    source.on_corrupt = getattr(data, "on_corrupt", "error")
+    return source
+
+
+def _open(data, s3) -> Source:
     src, size = data.source, data.image_size
     if src.type == "fashion-mnist":
         from atoll.data.sources.fashion_mnist import FashionMnist
@@ -21,7 +28,7 @@ def open_source(data, s3=None) -> Source:
     if src.type == "image-folder":
         from atoll.data.sources.image_folder import ImageFolder
 
-        return ImageFolder(src.path, src.labels, size)
+        return ImageFolder(src.path, src.labels, size, src.channels)
     if src.type == "webdataset":
         from atoll.data.sources.webdataset_source import WebDatasetShards
 

@@ -64,6 +64,24 @@ class Source(ABC):
 
     #: class names indexed by label, or None when the source has no labels
     class_names: list[str] | None = None
+    #: "error": an unreadable file or shard raises DataError naming it; "skip": it is left out and
+    #: recorded in ``skipped`` (``data.onCorrupt``)
+    on_corrupt: str = "error"
+
+    def skip(self, what: str, err: Exception) -> None:
+        """Raises ``err`` or records ``what`` (a file or shard) as skipped, per ``on_corrupt``."""
+        if self.on_corrupt != "skip":
+            raise err
+        if "skipped" not in self.__dict__:
+            self.skipped: list[str] = []
+        self.skipped.append(what)
+
+    def prepare(self, scratch) -> "Source":
+        """Called once by the data stage, in the driver, before the conversion tasks: a source with
+        many files lists them here (with Ray tasks, keeping the listing in the ``scratch`` store) so
+        that ``count`` is cheap and ``read`` opens only what its range needs. Returns the source
+        the tasks get (pickled). Default: nothing to do."""
+        return self
 
     @abstractmethod
     def count(self) -> int:

@@ -1,7 +1,9 @@
 """Existing WebDataset shards (local paths, file:// or s3:// URIs, brace patterns).
 
 S3 shards are read through the store (boto3), with the job's S3 settings; the
-tar parsing and sample grouping are the ``webdataset`` library's.
+tar parsing and sample grouping are the ``webdataset`` library's. For the data
+stage, ``prepare`` counts each shard's samples with one Ray task per shard, so a
+conversion task opens only the shards of its own range.
 """
 from __future__ import annotations
 
@@ -74,16 +76,50 @@ def decode(raw: dict, image_size: int | None) -> Sample:
             "caption": caption or None}
 
 
+def count_url(url: str, s3=None, on_corrupt: str = "error") -> int:
+    """Ray task: the number of samples in one shard; -1 for an unreadable one with ``on_corrupt: skip``."""
+    try:
+        return sum(1 for _ in raw_samples([url], s3))
+    except DataError:
+        if on_corrupt != "skip":
+            raise
+        return -1
+
+
 class WebDatasetShards(Source):
     def __init__(self, urls: list[str], image_size: int | None = None, s3=None):
         self.urls, self.image_size, self.s3 = expand(urls), image_size, s3
+        self.counts: list[int] | None = None
+
+    def prepare(self, scratch) -> "WebDatasetShards":
+        from atoll.data.distributed import map_tasks
+
+        counts = map_tasks(count_url, [(u, self.s3, self.on_corrupt) for u in self.urls],
+                           desc=f"data: count {len(self.urls)} shards", samples_of=lambda c: max(c, 0))
+        for u, c in zip(self.urls, counts):
+            if c < 0:
+                self.skip(u, DataError(f"WebDataset shard {u} cannot be read"))
+        self.urls = [u for u, c in zip(self.urls, counts) if c >= 0]
+        self.counts = [c for c in counts if c >= 0]
+        return self
 
     def count(self) -> int:
+        if self.counts is not None:
+            return sum(self.counts)
         return sum(1 for _ in raw_samples(self.urls, self.s3))
 
     def read(self, start: int, stop: int) -> Iterator[Sample]:
-        for i, raw in enumerate(raw_samples(self.urls, self.s3)):
+        urls, first = self.urls, 0
+        if self.counts is not None:  # open only the shards that hold samples start..stop-1
+            bounds = np.concatenate([[0], np.cumsum(self.counts)])
+            lo = int(np.searchsorted(bounds, start, side="right") - 1)
+            hi = int(np.searchsorted(bounds, stop, side="left"))
+            urls, first = self.urls[lo:hi], int(bounds[lo])
+        for i, raw in enumerate(raw_samples(urls, self.s3), start=first):
             if i >= stop:
                 return
             if i >= start:
-                yield decode(raw, self.image_size)
+                try:
+                    yield decode(raw, self.image_size)
+                except DataError as e:
+                    self.skip(f"{raw.get('__url__')}:{raw.get('__key__')}", e)
