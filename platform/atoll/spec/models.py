@@ -356,12 +356,24 @@ class JobSpecBody(Base):
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
         self._check_video()
+        self._check_strategies()
         for i, isl in enumerate(self.islands.islands):
             bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
             if bad:
                 raise FieldError(f"islands.islands.{i}.experts", f"island {isl.name!r} lists experts {bad}, but there are "
                                  f"{self.num_experts} (ids 0..{self.num_experts - 1})")
         return self
+
+    def _check_strategies(self) -> None:
+        """``topN`` needs N <= K experts (a monolith's one model serves every strategy), as at sampling time."""
+        n = self.num_experts
+        if n == 1:
+            return
+        over = [s for s in self.sample.strategies if s.startswith("top") and int(s[3:]) > n]
+        if over:
+            raise FieldError("sample.strategies", f"sample.strategies {', '.join(over)} need{'s' if len(over) == 1 else ''}"
+                             f" more experts than the job has (partition.k = {n}); use top1..top{n} or full, "
+                             "or raise partition.k")
 
     @property
     def is_video(self) -> bool:
