@@ -211,18 +211,24 @@ def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://b
            sampler: str = typer.Option("euler", "--sampler", help="euler or heun."),
            guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = off)."),
            seed: int = typer.Option(0, "--seed"),
-           output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="The grid PNG to write."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="The grid PNG to write (default "
+                                                 "grid.png unless --out-dir or --npz is given)."),
            nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: ~sqrt(n))."),
            trace: Optional[Path] = typer.Option(None, "--trace", help="Also write a picture of routing per step."),
            device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
            prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-conditioned runs)."),
            step: Optional[int] = typer.Option(None, "--step", help="The experts' training snapshot at this step "
-                                              "(experts.training.snapshotEvery) instead of the final models.")):
+                                              "(experts.training.snapshotEvery) instead of the final models."),
+           out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write one PNG per image (GIF per "
+                                                  "clip) and labels.csv here, for scoring with other tools."),
+           npz: Optional[Path] = typer.Option(None, "--npz", help="Also write the uint8 images (arr_0, N x H x W x C) "
+                                              "and labels (arr_1) as one .npz file.")):
     """Samples images from a trained run's ensemble and writes a grid (and optionally the routing trace)."""
     from atoll.sampling.cli import sample_command
 
     sample_command(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
-                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step)
+                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step,
+                   out_dir=out_dir, npz=npz)
 
 
 @app.command("serve")
