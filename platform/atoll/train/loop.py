@@ -13,6 +13,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from atoll import fence
 from atoll.spec import parse
 from atoll.store import S3Config, Store, open_store
 from atoll.train import checkpoints as ckpt
@@ -39,7 +40,7 @@ def train_island(cfg: dict) -> None:
     rank, world = raytrain.worker_context()
     job = parse(cfg["job"], source="job")
     run = open_store(cfg["run_uri"], S3Config(**cfg.get("s3", {})))
-    island = run.sub(cfg["prefix"])
+    island = fence.guard(run.sub(cfg["prefix"]), cfg.get("attempt", 0))  # a superseded attempt writes nothing
     task = make_task(job, cfg["role"], cfg.get("expert"))
     tr = task.training
     threads = int(os.environ.get("ATOLL_TORCH_THREADS", "0")) or max(1, int(cfg.get("cpus_per_worker", 1)))
