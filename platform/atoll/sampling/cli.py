@@ -45,7 +45,9 @@ def sample_command(run: str, *, strategy: str, class_: str | None, n: int, steps
                 seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step,
                 out_dir=out_dir, npz=npz)
     except (SamplingError, StoreError, FileNotFoundError) as e:
-        console().print(f"[red]error:[/red] {e}")
+        from rich.markup import escape
+
+        console().print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
 
 
