@@ -265,6 +265,9 @@ class IslandsSpec(Base):
     target: Literal["local", "ray", "kubernetes"] = "local"
     max_concurrent: int | None = Field(None, ge=1, description="local: islands trained at once; default: as resources allow.")
     max_retries: int = Field(2, ge=0, le=100, description="Retries of a failed island, each from its last checkpoint.")
+    lost_after_seconds: float = Field(30.0, gt=0, le=86400, description=(
+        "ray target: an island whose Jobs API has not answered for this long is lost, and its units move to "
+        "another island (resuming from their last checkpoint; the lost island's attempt is fenced off)."))
     islands: list[IslandSpec] = Field(default_factory=list)
     router_island: str | None = None
 
