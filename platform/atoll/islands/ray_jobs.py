@@ -47,7 +47,14 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 @functools.lru_cache(maxsize=None)
 def _timed_client_class(timeout_s: float):
     """Ray's ``JobSubmissionClient`` with a timeout on every request (its constructor's version check too)."""
+    import logging
+
     from ray.job_submission import JobSubmissionClient
+
+    from atoll.runtime import verbose
+
+    if not verbose():   # "Uploading package gcs://..." on every submit: Ray's INFO, shown with -v
+        logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
 
     class TimedJobSubmissionClient(JobSubmissionClient):
         def _do_request(self, method, endpoint, **kwargs):
