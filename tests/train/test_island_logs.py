@@ -40,3 +40,20 @@ def test_island_output_lands_in_the_runs_logs_and_atoll_logs_shows_it(ray_local,
     assert r.exit_code == 0, r.output
     assert "(RayTrainWorker) <==" in r.output and "Reporting training result" in r.output
     assert ":actor_name:" not in r.output
+
+
+def test_fillers_use_a_cpu_the_islands_leave_idle_and_never_fail_the_stage(ray_local, tiny, tmp_path, capfd):
+    import functools
+    from pathlib import Path
+
+    from atoll.islands.local import Filler
+
+    job, run = tiny(name="filler", k=1, steps=2, ckpt=100, parts=[np.arange(100)])   # one island, two CPUs
+    marker = tmp_path / "marker"
+    # functions Ray workers can import (this test module is not on their path)
+    out = run_units(job, run, None, expert_units(job), fillers=[
+        Filler("marker", functools.partial(Path.write_text, marker, "done")),
+        Filler("broken", functools.partial(int, "not a number"))])
+    assert out.done == ["expert-000"], out.failed
+    assert marker.read_text() == "done"                       # finished before run_units returned
+    assert "note: broken on an idle CPU failed (" in capfd.readouterr().err

@@ -32,10 +32,12 @@ def fashion_mnist_reference(split: str = "test", n: int | None = None,
     return np.ascontiguousarray(images[:, None]), labels.astype(np.int64)
 
 
-def train_fashion_mnist(epochs: int = 3, seed: int = 0, folder: str | Path = FASHION_MNIST_FOLDER) -> Classifier:
-    """The reference classifier: trained on the 60k training images, its test accuracy recorded in ``meta``."""
+def train_fashion_mnist(epochs: int = 3, seed: int = 0, folder: str | Path = FASHION_MNIST_FOLDER,
+                        threads: int | None = 2) -> Classifier:
+    """The reference classifier: trained on the 60k training images, its test accuracy recorded in ``meta``.
+    ``threads``: torch threads while training (see ``train_classifier``)."""
     x, y = fashion_mnist_reference("train", folder=folder)
-    model = train_classifier(x, y, epochs=epochs, seed=seed, num_classes=10)
+    model = train_classifier(x, y, epochs=epochs, seed=seed, num_classes=10, threads=threads)
     xt, yt = fashion_mnist_reference("test", folder=folder)
     model.meta = {**model.meta, "data": "fashion-mnist train (60k)",
                   "test_accuracy": float((predict(model, xt) == yt).mean())}

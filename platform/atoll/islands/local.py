@@ -10,6 +10,11 @@ between islands but the store. A failed worker is restarted by Ray Train
 (``FailureConfig``) and the island resumes from its latest checkpoint; an island
 that exhausts its retries is reported, and the others go on.
 
+A stage may hand ``run_units`` *fillers*: work for a CPU the islands leave idle (a
+last wave with fewer islands than CPUs), started once no island waits for CPUs
+and finished before ``run_units`` returns (the experts stage trains the samples
+stage's evaluation classifier that way).
+
 What an island's processes print goes to its log files (``<unit>/logs/`` in the
 run, see ``worker_logs``), not to the console; ``-v`` tails them to it.
 """
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +45,14 @@ class IslandsFailed(RuntimeError):
         super().__init__(f"{len(failures)} island(s) failed after their retries:\n{lines}\n"
                          "Fix the cause and run the same command again: finished islands are kept and "
                          "failed ones resume from their last checkpoint.")
+
+
+@dataclass(frozen=True)
+class Filler:
+    """Work for an idle CPU: ``fn()`` in a Ray task holding ``cpus`` CPUs (it must use no more threads)."""
+    name: str
+    fn: Callable[[], object]
+    cpus: float = 1.0
 
 
 @dataclass
@@ -106,10 +120,11 @@ def threads_note(job: JobSpec, units: list[Unit], cpus: float) -> str | None:
 
 
 def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], poll_s: float = 1.0,
-              attempt: int = 0) -> Outcome:
+              attempt: int = 0, fillers: list[Filler] | None = None) -> Outcome:
     """Trains every unit not yet done; returns what happened (raises nothing per island).
 
     ``attempt``: the control plane's attempt number (``ray`` target), for fencing; 0 here.
+    ``fillers``: work for CPUs the islands leave idle (a filler's failure is reported, not raised).
     """
     from atoll.runtime import ensure_ray, verbose
 
@@ -133,6 +148,8 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
     limit = job.spec.islands.max_concurrent or len(todo)
     states = {u.name: "queued" for u in todo}
     pending: dict[object, Unit] = {}
+    idle_work = list(fillers or [])
+    filling: dict[object, Filler] = {}
     queue = list(todo)
     logs_root = Path(tempfile.gettempdir()) / "atoll-logs"
     log_dirs = {u.name: logs_root / f"{job.name}-{u.name}-{uuid.uuid4().hex[:6]}" for u in todo}
@@ -140,7 +157,7 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
     train_env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"} if local_ray.single_node() else {}
     try:
         with Display(run, todo, log_dirs=log_dirs if verbose() else None) as display:
-            while queue or pending:
+            while queue or pending or filling:
                 # start queued islands, in order, while their worker groups fit
                 while queue and len(pending) < limit and fits(demand(job, queue[0]), free):
                     u = queue.pop(0)
@@ -153,8 +170,21 @@ def run_units(job: JobSpec, run: Store, s3: S3Config | None, units: list[Unit], 
                                            name=f"island:{u.name}", runtime_env=env)
                     pending[ref] = u
                     states[u.name] = "training"
-                ready, _ = local_ray.wait(list(pending), timeout=poll_s)
+                while idle_work and not queue and fits({"CPU": idle_work[0].cpus}, free):
+                    f = idle_work.pop(0)
+                    free["CPU"] -= f.cpus
+                    filling[local_ray.launch(f.fn, name=f"filler:{f.name}", cpus=f.cpus)] = f
+                ready, _ = local_ray.wait(list(pending) + list(filling), timeout=poll_s)
                 for ref in ready:
+                    if ref in filling:
+                        f = filling.pop(ref)
+                        free["CPU"] += f.cpus
+                        try:
+                            local_ray.get(ref)
+                        except Exception as e:  # noqa: BLE001 - the later stage does the work itself
+                            print(f"note: {f.name} on an idle CPU failed ({_short(e)}); a later stage retries it",
+                                  file=sys.stderr, flush=True)
+                        continue
                     u = pending.pop(ref)
                     for k, v in demand(job, u).items():
                         free[k] += v
@@ -184,4 +214,4 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: " + " / ".join(tail)[:600]
 
 
-__all__ = ["IslandsFailed", "Outcome", "demand", "run_units", "threads_note"]
+__all__ = ["Filler", "IslandsFailed", "Outcome", "demand", "run_units", "threads_note"]

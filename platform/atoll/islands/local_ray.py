@@ -4,15 +4,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def launch(fn: Callable, *args, name: str = "", runtime_env: dict | None = None) -> object:
-    """Runs ``fn(*args)`` as a Ray task that holds no CPU (it only drives a trainer).
+def launch(fn: Callable, *args, name: str = "", runtime_env: dict | None = None, cpus: float = 0) -> object:
+    """Runs ``fn(*args)`` as a Ray task holding ``cpus`` CPUs (default none: it only drives a trainer).
 
     ``runtime_env``: more of the task's runtime env (e.g. a ``worker_process_setup_hook``);
     its ``env_vars`` are added to the job's. Tasks and actors the task creates inherit it.
     """
     import ray
 
-    task = ray.remote(num_cpus=0, max_retries=0)(_call)
+    task = ray.remote(num_cpus=cpus, max_retries=0)(_call)
     # Ray Train's helper actors (e.g. its PlacementGroupCleaner) query the state API without an
     # address; with two local Ray instances on one machine (two drivers) that lookup is ambiguous and
     # fails. RAY_ADDRESS pins them to this instance (env_vars merge with the job's runtime_env).
