@@ -84,7 +84,7 @@ def main() -> None:
             for p in psutil.Process().children(recursive=True):
                 try:
                     t = p.cpu_times()
-                    cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                    cpu[p.pid] = t.user + t.system   # not children_*: they were sampled themselves
                 except psutil.Error:
                     pass
 
