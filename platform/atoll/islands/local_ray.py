@@ -7,12 +7,15 @@ from collections.abc import Callable
 def launch(fn: Callable, *args, name: str = "", runtime_env: dict | None = None, cpus: float = 0) -> object:
     """Runs ``fn(*args)`` as a Ray task holding ``cpus`` CPUs (default none: it only drives a trainer).
 
+    The task's worker process exits when it returns (``max_calls=1``): with a runtime env of its own no
+    other task could reuse it, and idle leftovers count towards Ray's worker-count warning.
+
     ``runtime_env``: more of the task's runtime env (e.g. a ``worker_process_setup_hook``);
     its ``env_vars`` are added to the job's. Tasks and actors the task creates inherit it.
     """
     import ray
 
-    task = ray.remote(num_cpus=cpus, max_retries=0)(_call)
+    task = ray.remote(num_cpus=cpus, max_retries=0, max_calls=1)(_call)
     # Ray Train's helper actors (e.g. its PlacementGroupCleaner) query the state API without an
     # address; with two local Ray instances on one machine (two drivers) that lookup is ambiguous and
     # fails. RAY_ADDRESS pins them to this instance (env_vars merge with the job's runtime_env).
