@@ -182,6 +182,73 @@ class CpuMeter:
         return steps / secs if secs > 0 else float("nan")
 
 
+def _costs_worker(job_dict: dict, steps: int, port: int, out) -> None:
+    """CPU milliseconds of each part of the island loop's step, on one thread (load-robust: CPU time)."""
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    import torch
+
+    torch.set_num_threads(1)
+    from atoll.models.ema import EMA
+    from atoll.spec import parse
+    from atoll.store import open_store
+    from atoll.train import checkpoints as ckpt
+    from atoll.train import deepspeed_engine as dse
+    from atoll.train.tasks import ExpertTask
+
+    job = parse(job_dict, "bench")
+    task = ExpertTask(job, 0)
+    size = 28 if job.spec.data.source.type == "fashion-mnist" else 8
+    n = 20000
+    task.images = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
+    task.labels, task.num_classes = torch.randint(0, 10, (n,)), 10
+    model = task.build_model()
+    ema = EMA(model, task.training.ema_decay)
+    engine = dse.initialize(model, task.training, 1, False)
+    tmp = tempfile.mkdtemp(prefix="atoll-costs-")
+    island, scratch = open_store(tmp).sub("experts/000"), ckpt.scratch_dir("costs")
+    cpu = torch.device("cpu")
+    acc = {"data batch": 0.0, "DeepSpeed step": 0.0, "EMA update": 0.0}
+    for s in range(steps + 3):
+        c0 = time.process_time()
+        b = task.batch(s, task.training.batch_size, 0, 1, 0, 1, cpu)
+        c1 = time.process_time()
+        loss = task.loss(engine, b, torch.Generator().manual_seed(s), torch.float32)
+        engine.backward(loss)
+        engine.step()
+        c2 = time.process_time()
+        ema.update(engine.module)
+        c3 = time.process_time()
+        if s >= 3:
+            for k, v in zip(acc, (c1 - c0, c2 - c1, c3 - c2)):
+                acc[k] += v
+    per_step = {k: 1000 * v / steps for k, v in acc.items()}
+    c0 = time.process_time()
+    for i in range(20):
+        island.put_json("progress.json", {"step": i, "loss": 0.1})
+    c1 = time.process_time()
+    dse.save(engine, scratch, ckpt.tag(1), {"step": 1, "ema": ema.state_dict()})
+    c2 = time.process_time()
+    ckpt.upload_rank_files(island, scratch, 1, lambda name: dse.owned_by_rank(name, 0))
+    ckpt.commit(island, 1, {})
+    c3 = time.process_time()
+    out.put({"per_step": per_step, "progress_write": 1000 * (c1 - c0) / 20, "checkpoint_save": 1000 * (c2 - c1),
+             "checkpoint_upload_commit": 1000 * (c3 - c2)})
+
+
+def loop_costs(job, steps: int = 40) -> dict:
+    from atoll.parallel.groups import free_port
+    from atoll.spec import dump
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_costs_worker, args=(dump(job), steps, free_port(), out))
+    p.start()
+    res = out.get(timeout=1800)
+    p.join()
+    return res
+
+
 # -- islands ----------------------------------------------------------------------------------------
 def islands(job) -> dict:
     from atoll import pipeline
@@ -237,6 +304,7 @@ def main() -> None:
         bare_rates = {f"{cores} x 1 thread": bare(job, cores, 1, warm, args.bare_steps)}
         if cores > 1:
             bare_rates[f"1 x {cores} threads"] = bare(job, 1, cores, warm, args.bare_steps)
+        costs = loop_costs(job)
         ceiling = max(r["samples_s"] for r in bare_rates.values())
         per_cpu = bare_rates[f"{cores} x 1 thread"]["per_cpu_s"]
         arms = {f"cpusPerWorker {job.spec.experts.scaling.cpus_per_worker:g}": islands(job)}
@@ -264,11 +332,24 @@ def main() -> None:
         lines.append(f"| islands ({name}), end to end ({a['wall_s']:.0f} s incl. start-up) | "
                      f"{a['end_to_end']:.0f} | {a['end_to_end'] / ceiling:.0%} | {a['per_cpu_s_all']:.0f} (all Ray "
                      f"processes) | {a['per_cpu_s_all'] / per_cpu:.0%} |")
+    step = costs["per_step"]
+    ck = job.spec.experts.training.checkpoint_every
+    le = job.spec.experts.training.log_every
+    extra = (costs["progress_write"] * 2 / le + (costs["checkpoint_save"] + costs["checkpoint_upload_commit"]) / ck
+             + step["data batch"] + step["EMA update"])
+    lines += ["", "What the island loop adds to the bare step (CPU ms, one thread, measured in one process):", "",
+              "| part | CPU ms |", "|---|---|"]
+    lines += [f"| {k} (per step) | {v:.2f} |" for k, v in step.items()]
+    lines += [f"| progress.json + metrics.json write (every {le} steps) | {2 * costs['progress_write']:.2f} |",
+              f"| checkpoint save (every {ck} steps) | {costs['checkpoint_save']:.0f} |",
+              f"| checkpoint upload + commit into a file store (every {ck} steps) | "
+              f"{costs['checkpoint_upload_commit']:.0f} |",
+              f"| **all of it, per step** | **{extra:.2f} ({extra / step['DeepSpeed step']:.1%} of the step)** |"]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"bare": bare_rates, "islands": arms,
+    args.out.with_suffix(".json").write_text(json.dumps({"bare": bare_rates, "islands": arms, "loop_costs": costs,
                                                           "load": [load0, load1], "machine": machine()}, indent=1))
 
 
