@@ -117,22 +117,6 @@ class JobsClient:
     def logs(self, job_id: str) -> str:
         return self._call("get_job_logs", lambda c: c.get_job_logs(job_id))
 
-    def follow(self, job_id: str):
-        """Yields log chunks until the job ends (``tail_job_logs``)."""
-        import asyncio
-
-        client = self._call("connect", lambda c: c)
-        agen = client.tail_job_logs(job_id)
-        loop = asyncio.new_event_loop()
-        try:
-            while True:
-                try:
-                    yield loop.run_until_complete(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            loop.close()
-
     def stop(self, job_id: str) -> bool:
         return bool(self._call("stop_job", lambda c: c.stop_job(job_id)))
 
