@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Atoll: train diffusion experts on isolated islands, serve them as one model.")
 
 JobArg = typer.Argument(..., help="A job spec YAML file (apiVersion: atoll/v1).")
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show Ray's own output: the islands' "
+                                          "worker logs and Ray's INFO lines (default: Atoll's progress only; "
+                                          "the logs are in the run, see `atoll logs`).")):
+    if verbose:
+        os.environ["ATOLL_VERBOSE"] = "1"
 
 
 def _load(path: Path):
@@ -140,41 +149,29 @@ def submit(job: Path = JobArg,
 @app.command()
 def logs(job: Path = JobArg,
          expert: Optional[int] = typer.Option(None, "--expert", help="Expert id (0..k-1)."),
-         router: bool = typer.Option(False, "--router", help="The router's job instead of an expert's."),
-         tail: int = typer.Option(100, "--tail", help="Print the last N lines (0: all)."),
-         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the job ends."),
+         router: bool = typer.Option(False, "--router", help="The router's logs instead of an expert's."),
+         tail: int = typer.Option(100, "--tail", help="Print the last N lines of each log (0: all)."),
+         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the unit is trained."),
          store: Optional[str] = typer.Option(None, "--store")):
-    """Prints a unit's Ray job logs from its island (ray target)."""
+    """Prints a unit's logs: its Ray processes' log files in the run (every target) and, for the ray
+    target, its job's Jobs API log."""
     from atoll import pipeline
-    from atoll.islands.remote import unit_job
+    from atoll.islands.logs import NoLogs, show
+    from atoll.islands.plan import Unit
 
     spec = _load(job)
     if router == (expert is not None):
         raise typer.BadParameter("give exactly one of --expert K or --router")
     if expert is not None and not 0 <= expert < spec.spec.num_experts:
         raise typer.BadParameter(f"--expert must be in 0..{spec.spec.num_experts - 1}")
-    name = "router" if router else f"expert-{expert:03d}"
-    from atoll.islands.ray_jobs import JobsError
-
-    client, job_id = unit_job(spec, pipeline.open_run(spec, store), name)
-    console().print(f"[dim]{name}: job {job_id} on island {client.island} ({client.address})[/dim]")
+    unit = Unit("router", None, "router") if router else Unit("expert", expert, f"experts/{expert:03d}")
     try:
-        text = client.logs(job_id)
-    except JobsError as e:
-        raise pipeline.PipelineError(str(e)) from e
-    lines = text.splitlines()
-    typer.echo("\n".join(lines[-tail:] if tail else lines))
-    if follow:
-        seen = len(text)
-        for chunk in client.follow(job_id):
-            if seen > 0:   # tail_job_logs starts from the beginning: skip what was printed
-                cut = min(seen, len(chunk))
-                chunk, seen = chunk[cut:], seen - cut
-            if chunk:
-                typer.echo(chunk, nl=False)
+        show(spec, pipeline.open_run(spec, store), unit, tail=tail, follow=follow, echo=typer.echo)
+    except NoLogs as e:
+        raise pipeline.PipelineError(str(e)) from None
 
 
-def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]):
+def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str], attempt: int = 0):
     from atoll import pipeline
     from atoll.islands.local import IslandsFailed, run_units
     from atoll.islands.plan import Unit
@@ -183,7 +180,7 @@ def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]
     if role == "expert" and not (expert is not None and 0 <= expert < spec.spec.num_experts):
         raise typer.BadParameter(f"--expert must be in 0..{spec.spec.num_experts - 1}")
     unit = Unit(role, expert, f"experts/{expert:03d}" if role == "expert" else "router")
-    out = run_units(spec, pipeline.open_run(spec, store), pipeline.s3_config(spec), [unit])
+    out = run_units(spec, pipeline.open_run(spec, store), pipeline.s3_config(spec), [unit], attempt=attempt)
     if out.failed:
         raise IslandsFailed(out.failed)
 
@@ -191,15 +188,17 @@ def _train_one(job: Path, role: str, expert: Optional[int], store: Optional[str]
 @app.command("train-expert")
 def train_expert(spec: Path = typer.Option(..., "--spec", help="The job spec YAML."),
                  expert: int = typer.Option(..., "--expert", help="Expert id (0..k-1)."),
-                 store: Optional[str] = typer.Option(None, "--store")):
+                 store: Optional[str] = typer.Option(None, "--store"),
+                 attempt: int = typer.Option(0, "--attempt", help="The control plane's attempt number (fencing).")):
     """Trains one expert on the Ray cluster this runs on (the entrypoint of a remote island)."""
-    _train_one(spec, "expert", expert, store)
+    _train_one(spec, "expert", expert, store, attempt)
 
 
 @app.command("train-router")
-def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] = typer.Option(None, "--store")):
+def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] = typer.Option(None, "--store"),
+                 attempt: int = typer.Option(0, "--attempt", help="The control plane's attempt number (fencing).")):
     """Trains the router on the Ray cluster this runs on."""
-    _train_one(spec, "router", None, store)
+    _train_one(spec, "router", None, store, attempt)
 
 
 @app.command()
@@ -211,18 +210,24 @@ def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://b
            sampler: str = typer.Option("euler", "--sampler", help="euler or heun."),
            guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = off)."),
            seed: int = typer.Option(0, "--seed"),
-           output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="The grid PNG to write."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="The grid PNG to write (default "
+                                                 "grid.png unless --out-dir or --npz is given)."),
            nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: ~sqrt(n))."),
            trace: Optional[Path] = typer.Option(None, "--trace", help="Also write a picture of routing per step."),
            device: str = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ..."),
            prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-conditioned runs)."),
            step: Optional[int] = typer.Option(None, "--step", help="The experts' training snapshot at this step "
-                                              "(experts.training.snapshotEvery) instead of the final models.")):
+                                              "(experts.training.snapshotEvery) instead of the final models."),
+           out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write one PNG per image (GIF per "
+                                                  "clip) and labels.csv here, for scoring with other tools."),
+           npz: Optional[Path] = typer.Option(None, "--npz", help="Also write the uint8 images (arr_0, N x H x W x C) "
+                                              "and labels (arr_1) as one .npz file.")):
     """Samples images from a trained run's ensemble and writes a grid (and optionally the routing trace)."""
     from atoll.sampling.cli import sample_command
 
     sample_command(run, strategy=strategy, class_=class_, n=n, steps=steps, sampler=sampler, guidance=guidance,
-                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step)
+                   seed=seed, output=output, nrow=nrow, trace=trace, device=device, prompt=prompt, step=step,
+                   out_dir=out_dir, npz=npz)
 
 
 @app.command("serve")
@@ -233,6 +238,8 @@ def serve_cmd(run: str = typer.Argument(..., help="A job YAML or a run (./runs/q
     """Serves a trained run over HTTP (router + one deployment per expert) on 127.0.0.1."""
     from atoll.serve.cli import serve_command
 
+    os.environ.setdefault("ATOLL_VERBOSE", "1")   # a server's console shows Ray Serve's own logs
+
     serve_command(run, port=port, config_out=config_out, run_uri=run_uri)
 
 
@@ -242,7 +249,9 @@ def main() -> None:
     try:
         app()
     except user_errors() as e:
-        console().print(f"[red]error:[/red] {e}")
+        from rich.markup import escape
+
+        console().print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2 if e.__class__.__name__ == "SpecError" else 1)
     except KeyboardInterrupt:
         console().print("[yellow]interrupted[/yellow]: run the same command again to resume")

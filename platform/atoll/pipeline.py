@@ -11,27 +11,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from atoll.run_store import open_run, s3_config
 from atoll.spec import JobSpec
-from atoll.store import S3Config, Store, open_store
+from atoll.store import S3Config, Store
+
+__all__ = ["STAGES", "PipelineError", "StageResult", "is_complete", "forget", "open_run", "run", "s3_config",
+           "stage_prefixes"]
 
 STAGES = ("data", "partition", "experts", "router", "samples", "report")
 
 
 class PipelineError(RuntimeError):
     pass
-
-
-def s3_config(job: JobSpec) -> S3Config | None:
-    s = job.spec.store.s3
-    if not any([s.endpoint_url, s.region, s.access_key_id, s.secret_access_key]):
-        return None
-    return S3Config(endpoint_url=s.endpoint_url, region=s.region, access_key_id=s.access_key_id,
-                    secret_access_key=s.secret_access_key)
-
-
-def open_run(job: JobSpec, store_uri: str | None = None) -> Store:
-    """The run's folder in the store: ``<store>/<metadata.name>``."""
-    return open_store(store_uri or job.spec.store.uri, s3_config(job)).sub(job.name)
 
 
 def check_stage(name: str | None, option: str) -> str | None:

@@ -2,9 +2,16 @@
 
 Atoll starts a local Ray instance itself (bound to 127.0.0.1) unless an address
 is given (``ATOLL_RAY_ADDRESS`` or the argument). Usage stats are off.
+
+The console is Atoll's: Ray workers' output is not forwarded to the driver
+(islands write theirs to log files in the run, ``islands.worker_logs``) and
+Ray's own INFO lines are not shown, unless ``atoll -v`` (``ATOLL_VERBOSE=1``).
+The local instance keeps Ray's default token authentication; Ray's notice that
+it is on ("Token authentication is enabled ...", every start) shows with ``-v``.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 LOOPBACK_ENV = {
@@ -15,6 +22,11 @@ LOOPBACK_ENV = {
 #: environment every Ray worker of a local instance gets
 WORKER_ENV = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", ""), "HF_HUB_OFFLINE": "1",
               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def verbose() -> bool:
+    """``atoll -v``: Ray's own output (workers, INFO logs) on the console too."""
+    return os.environ.get("ATOLL_VERBOSE", "") not in ("", "0")
 
 
 def set_loopback_env() -> None:
@@ -38,13 +50,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    loud = verbose()
+    kwargs.setdefault("log_to_driver", loud)
+    kwargs.setdefault("logging_level", logging.INFO if loud else logging.WARNING)
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
+        ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
     else:
+        if not loud:   # Ray's notice about its own default (token auth on), not a problem to act on
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # the dashboard serves the state API that Ray Train and Serve query; loopback only
         # address="local": always a new instance of our own, never a `ray start` cluster found on the machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1", log_to_driver=True, **kwargs)
+                 runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1", **kwargs)
 
 
 def shutdown_ray() -> None:

@@ -5,6 +5,7 @@ import io
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from atoll.sampling.stage import run_samples
@@ -43,3 +44,22 @@ def test_samples_stage_on_a_monolith(saved_runs, tmp_path):
     assert m["monolith"] and {f["name"] for f in m["files"]} == {"top1.png", "full.png", "expert-000.png",
                                                                   "trace.png"}
     assert run.get_bytes("samples/top1.png") == run.get_bytes("samples/full.png")
+
+
+@pytest.mark.slow
+def test_big_grids_are_sampled_in_parallel_tasks_with_the_same_images(ray_local, saved_runs, tmp_path, monkeypatch):
+    import numpy as np
+
+    import atoll.sampling.stage as stage
+
+    job, _ = saved_runs["ens"]
+    seq = run_samples(job, _copy(saved_runs, "ens", tmp_path / "seq"), None)     # small: in process
+    monkeypatch.setattr(stage, "PARALLEL_MIN_IMAGE_STEPS", 0)                    # every grid its own task
+    run = _copy(saved_runs, "ens", tmp_path / "par")
+    par = run_samples(job, run, None)
+    assert {f["name"] for f in par["files"]} == {f["name"] for f in seq["files"]}
+    assert set(par["strategies"]) == {"top1", "full"} and set(par["experts"]) == {"expert-000", "expert-001"}
+    for name in ("top1.png", "full.png", "expert-001.png"):                       # same noise, same pictures
+        a = np.asarray(Image.open(io.BytesIO(run.get_bytes(f"samples/{name}"))), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "seq" / "ens" / "samples" / name), dtype=int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, name              # thread counts: +-1 level

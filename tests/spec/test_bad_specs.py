@@ -76,6 +76,19 @@ CASES = [
     ("minilm-on-clips", GOOD.replace("{type: digits}", "{type: moving-clips, numClips: 100}")
      + "  partition: {k: 2, fineClusters: 8, features: {type: minilm}}\n",
      "spec.partition.features.type", "use 'pca'"),
+    ("duplicate-key", body("partition:\n  k: 2\n  fineClusters: 8\n  k: 3"), "spec.partition.k",
+     "duplicate key 'k' (lines 7 and 9)"),
+    ("duplicate-key-in-flow-mapping", body("experts: {training: {steps: 3, steps: 4}}"),
+     "spec.experts.training.steps", "duplicate key 'steps'"),
+    ("duplicate-section", body("sample: {steps: 4}\nsample: {steps: 5}"), "spec.sample", "duplicate key 'sample'"),
+    ("duplicate-key-in-a-list-item", body("islands: {islands: [{name: a, name: b}]}"),
+     "spec.islands.islands.0.name", "duplicate key 'name'"),
+    ("snake-case-key", body("experts: {training: {batch_size: 8}}"), "spec.experts.training.batch_size",
+     "spec keys are camelCase, write 'batchSize'"),
+    ("snake-case-top-level-section-key", body("partition: {fine_clusters: 8}"), "spec.partition.fine_clusters",
+     "write 'fineClusters'"),
+    ("top-n-above-k", body("partition: {k: 2, fineClusters: 8}\nsample: {strategies: [top1, top3]}"),
+     "spec.sample.strategies", "top3 needs more experts than the job has (partition.k = 2)"),
 ]
 
 

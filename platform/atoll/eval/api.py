@@ -11,45 +11,16 @@ reference's test split.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from atoll.eval.cache import DEFAULT_KEY, get_classifier
-from atoll.eval.classifier import Classifier, predict, train_classifier
+from atoll.eval.classifier import Classifier
 from atoll.eval.errors import EvalError
 from atoll.eval.images import to_float
 from atoll.eval.metrics import evaluate_samples
+from atoll.eval.reference import FASHION_MNIST_FOLDER, REFERENCES, fashion_mnist_reference, train_fashion_mnist
 from atoll.store import Store
 
-FASHION_MNIST_FOLDER = "/usr/share/datasets/fashion-mnist"
-REFERENCES = ("fashion-mnist",)
-
-
-def fashion_mnist_reference(split: str = "test", n: int | None = None,
-                            folder: str | Path = FASHION_MNIST_FOLDER) -> tuple[np.ndarray, np.ndarray]:
-    """Real Fashion-MNIST images uint8 [N, 1, 28, 28] and labels int64 [N] (the first ``n`` of the split)."""
-    from atoll.data.sources.fashion_mnist import load_split
-
-    if split not in ("train", "test"):
-        raise EvalError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
-    images, labels = load_split(Path(folder), split)
-    if n is not None:
-        if n < 1:
-            raise EvalError(f"n must be >= 1 (or None for the whole split), got {n}")
-        images, labels = images[:n], labels[:n]
-    return np.ascontiguousarray(images[:, None]), labels.astype(np.int64)
-
-
-def train_fashion_mnist(epochs: int = 3, seed: int = 0, folder: str | Path = FASHION_MNIST_FOLDER) -> Classifier:
-    """The reference classifier: trained on the 60k training images, its test accuracy recorded in ``meta``."""
-    x, y = fashion_mnist_reference("train", folder=folder)
-    model = train_classifier(x, y, epochs=epochs, seed=seed, num_classes=10)
-    xt, yt = fashion_mnist_reference("test", folder=folder)
-    model.meta = {**model.meta, "data": "fashion-mnist train (60k)",
-                  "test_accuracy": float((predict(model, xt) == yt).mean())}
-    return model
-
+__all__ = ["FASHION_MNIST_FOLDER", "REFERENCES", "fashion_mnist_reference", "reference_classifier", "score",
+           "train_fashion_mnist"]
 
 def reference_classifier(reference: str = "fashion-mnist", store: Store | str | None = None) -> Classifier:
     """The cached classifier of a reference data set (trained on first use)."""

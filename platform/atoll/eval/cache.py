@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from atoll.eval.classifier import Classifier, ClassifierConfig
 from atoll.eval.errors import EvalError
+from atoll.eval.reference import train_fashion_mnist
 from atoll.store import Store, join, open_store
 from atoll.store.base import sha256_bytes
 
@@ -76,18 +77,14 @@ def get_classifier(store: Store | str | None = None, key: str = DEFAULT_KEY,
     """The classifier cached under ``key``; trains it with ``train_fn()`` and caches it if absent.
 
     ``train_fn`` defaults to the Fashion-MNIST reference classifier
-    (``atoll.eval.api.train_fashion_mnist``). A second call with the same store
+    (``atoll.eval.reference.train_fashion_mnist``). A second call with the same store
     and key loads the saved weights and does not call ``train_fn``.
     """
     st = cache_store(store)
     model = load_classifier(st, key)
     if model is not None:
         return model
-    if train_fn is None:
-        from atoll.eval.api import train_fashion_mnist
-
-        train_fn = train_fashion_mnist
-    model = train_fn()
+    model = (train_fn or train_fashion_mnist)()
     if not isinstance(model, Classifier):
         raise EvalError(f"train_fn must return an atoll.eval.classifier.Classifier, got {type(model).__name__}")
     save_classifier(st, key, model)

@@ -1,17 +1,22 @@
 """Live per-island progress (step, loss, samples/s, ETA), read from the store.
 
 Works the same for every target: islands write ``progress.json``; this polls it.
+On a terminal: a live table. Anywhere else: one plain line per island per
+interval (``ATOLL_PROGRESS_INTERVAL`` seconds, default 30), only for islands
+whose state or step changed, and a last line for each when the islands end.
 """
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from atoll.islands.plan import Unit
-from atoll.progress import console
+from atoll.progress import console, interval_s, plain
 from atoll.store import Store
 
 
@@ -36,8 +41,8 @@ def snapshot(run: Store, units: list[Unit], states: dict[str, str]) -> list[dict
     return rows
 
 
-def table(rows: list[dict]) -> Table:
-    t = Table(title="islands", expand=False)
+def table(rows: list[dict], title: str = "islands") -> Table:
+    t = Table(title=title, expand=False)
     for c in ("island", "state", "step", "loss", "samples/s", "ETA", "restarts"):
         t.add_column(c, justify="right" if c not in ("island", "state") else "left")
     for r in rows:
@@ -48,13 +53,39 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
-class Display:
-    """``with Display(run, units) as d: ... d.refresh(states)``"""
+def line(r: dict, elapsed: float) -> str:
+    """One island as one plain line: ``[islands 2m30s] expert-000 training step 120/600 loss 0.3397 ...``."""
+    parts = [f"[islands {_fmt_eta(elapsed)}] {r['name']} {r['state']}"]
+    if r.get("step") is not None:
+        parts.append(f"step {r['step']}/{r['total']}")
+    if r.get("loss") is not None:
+        parts.append(f"loss {r['loss']:.4f}")
+    if r.get("samples_per_s"):
+        parts.append(f"{r['samples_per_s']:.0f} samples/s")
+    if r.get("eta_s") is not None and r["state"] not in ("done", "failed"):
+        parts.append(f"ETA {_fmt_eta(r['eta_s'])}")
+    if r.get("restarts"):
+        parts.append(f"restarts {r['restarts']}")
+    return " ".join(parts)
 
-    def __init__(self, run: Store, units: list[Unit], interval: float = 10.0):
-        self.run, self.units, self.interval, self.last = run, units, interval, 0.0
-        self.tty = sys.stderr.isatty()
-        self.live = Live(console=console(), refresh_per_second=2) if self.tty else None
+
+class Display:
+    """``with Display(run, units) as d: ... d.refresh(states)``. ``log_dirs`` (``-v``): island log folders
+    whose new lines are printed too."""
+
+    def __init__(self, run: Store, units: list[Unit], interval: float | None = None,
+                 log_dirs: dict[str, Path] | None = None):
+        self.run, self.units = run, units
+        self.interval = interval_s() if interval is None else interval
+        self.t0, self.last = time.time(), 0.0
+        self.printed: dict[str, tuple] = {}
+        self.live = None if plain() else Live(console=console(), refresh_per_second=2)
+        self.log_dirs = log_dirs
+        self.tail = None
+        if log_dirs:
+            from atoll.islands.worker_logs import Tail
+
+            self.tail = Tail()
 
     def __enter__(self):
         if self.live:
@@ -62,16 +93,31 @@ class Display:
         return self
 
     def __exit__(self, *exc):
+        if self.tail:
+            self._echo_logs()
         if self.live:
             self.live.__exit__(*exc)
 
+    def _echo_logs(self) -> None:
+        for ln in self.tail.lines(self.log_dirs):
+            if self.live:
+                self.live.console.print(Text(ln), soft_wrap=True)
+            else:
+                print(ln, file=sys.stderr, flush=True)
+
     def refresh(self, states: dict[str, str], force: bool = False) -> None:
+        if self.tail:
+            self._echo_logs()
         rows = snapshot(self.run, self.units, states)
+        elapsed = time.time() - self.t0
         if self.live:
-            self.live.update(table(rows))
-        elif force or time.time() - self.last >= self.interval:
-            self.last = time.time()
-            parts = [f"{r['name']}:{r['state']}" + (f" {r['step']}/{r['total']} loss={r['loss']:.4f}"
-                                                      if r.get("step") and r.get("loss") is not None else "")
-                     for r in rows]
-            print("[islands] " + " | ".join(parts), file=sys.stderr, flush=True)
+            self.live.update(table(rows, title=f"islands ({_fmt_eta(elapsed)})"))
+            return
+        if not force and time.time() - self.last < self.interval:
+            return
+        self.last = time.time()
+        for r in rows:
+            key = (r["state"], r.get("step"))
+            if self.printed.get(r["name"]) != key:
+                self.printed[r["name"]] = key
+                print(line(r, elapsed), file=sys.stderr, flush=True)

@@ -4,10 +4,13 @@ One ``JobsClient`` per island (a Ray cluster's dashboard address). The Ray
 client is created lazily, on first use, and again after a connection error, so
 an island that is down when the control plane starts is only 'unreachable', not
 fatal. Every network failure is raised as ``Unreachable``; everything else the
-Jobs API says (unknown job, bad request) as ``JobsError``.
+Jobs API says (unknown job, bad request) as ``JobsError``. Every HTTP request has
+a timeout (``timeout_s``; Ray's client sets none), so an island whose packets are
+dropped (a cut link, not a refused connection) is unreachable too, not a hang.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -41,11 +44,31 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+@functools.lru_cache(maxsize=None)
+def _timed_client_class(timeout_s: float):
+    """Ray's ``JobSubmissionClient`` with a timeout on every request (its constructor's version check too)."""
+    import logging
+
+    from ray.job_submission import JobSubmissionClient
+
+    from atoll.runtime import verbose
+
+    if not verbose():   # "Uploading package gcs://..." on every submit: Ray's INFO, shown with -v
+        logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", timeout_s)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
 class JobsClient:
     """The Jobs API of one island. ``address``: e.g. ``http://127.0.0.1:8265``."""
 
-    def __init__(self, island: str, address: str, token: str | None = None):
-        self.island, self.address = island, address
+    def __init__(self, island: str, address: str, token: str | None = None, timeout_s: float = 10.0):
+        self.island, self.address, self.timeout_s = island, address, timeout_s
         self.token = token if token is not None else auth_token(island)
         self._client = None
 
@@ -53,10 +76,8 @@ class JobsClient:
     def _call(self, what: str, fn):
         try:
             if self._client is None:
-                from ray.job_submission import JobSubmissionClient
-
                 headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-                self._client = JobSubmissionClient(self.address, headers=headers)
+                self._client = _timed_client_class(self.timeout_s)(self.address, headers=headers)
             return fn(self._client)
         except _network_errors() as e:
             self._client = None
@@ -95,22 +116,6 @@ class JobsClient:
 
     def logs(self, job_id: str) -> str:
         return self._call("get_job_logs", lambda c: c.get_job_logs(job_id))
-
-    def follow(self, job_id: str):
-        """Yields log chunks until the job ends (``tail_job_logs``)."""
-        import asyncio
-
-        client = self._call("connect", lambda c: c)
-        agen = client.tail_job_logs(job_id)
-        loop = asyncio.new_event_loop()
-        try:
-            while True:
-                try:
-                    yield loop.run_until_complete(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            loop.close()
 
     def stop(self, job_id: str) -> bool:
         return bool(self._call("stop_job", lambda c: c.stop_job(job_id)))

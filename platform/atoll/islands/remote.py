@@ -15,12 +15,15 @@ every expert is committed.
 
 Failures: a job that ends FAILED/STOPPED (or SUCCEEDED without a committed
 manifest) is retried on the same island; an island whose Jobs API does not
-answer for ``unreachable_s`` seconds is *lost* and its units are retried on the
-least loaded other island. Every retry resumes from the unit's last committed
+answer for ``islands.lostAfterSeconds`` is *lost* and its units are retried on
+the least loaded other island. Every retry resumes from the unit's last committed
 checkpoint in the store. A unit gets ``islands.maxRetries`` retries per submit;
 the run fails when one exhausts them, naming it and why (the others finish).
-Caveat: a lost island may still be running its job (network partition); Atoll
-cannot stop it, and both attempts then write the same checkpoints' prefix.
+A lost island may still be running its job (a network partition, not a crash):
+every attempt is fenced (``atoll.fence``): the control plane claims the unit for
+attempt N (``<unit>/attempt.json``) before submitting it, and the job of an older
+attempt has its writes and commits refused once its link comes back, so two
+attempts never both write the expert.
 
 State lives in the store (``control_state``), so ``atoll submit`` again adopts
 running jobs, keeps finished units (committed manifest) and resubmits the rest.
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from atoll import fence
 from atoll.islands import control_state as cs
 from atoll.islands.control_state import DONE, QUEUED, ControlState, now
 from atoll.islands.display import Display, snapshot
@@ -47,7 +51,8 @@ from atoll.store import Store
 #: environment variables handed from the control plane to every island job (when set)
 FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "ATOLL_S3_ENDPOINT_URL", "DS_ACCELERATOR",
-               "TORCH_EXTENSIONS_DIR", "ATOLL_TORCH_THREADS", "ATOLL_QUIET")
+               "TORCH_EXTENSIONS_DIR", "ATOLL_TORCH_THREADS", "ATOLL_QUIET", "ATOLL_VERBOSE",
+               "ATOLL_PROGRESS_INTERVAL")
 
 
 def island_assignment(job: JobSpec) -> tuple[dict[str, str], dict[str, str], str]:
@@ -72,10 +77,11 @@ def island_env(job: JobSpec, unit: Unit, extra: dict[str, str] | None = None) ->
     return env
 
 
-def entrypoint(unit: Unit, store_root: str) -> str:
+def entrypoint(unit: Unit, store_root: str, attempt: int = 0) -> str:
+    tail = f"--store {shlex.quote(store_root)}" + (f" --attempt {attempt}" if attempt else "")
     if unit.role == "router":
-        return f"atoll train-router --spec job.yaml --store {shlex.quote(store_root)}"
-    return f"atoll train-expert --spec job.yaml --expert {unit.expert} --store {shlex.quote(store_root)}"
+        return f"atoll train-router --spec job.yaml {tail}"
+    return f"atoll train-expert --spec job.yaml --expert {unit.expert} {tail}"
 
 
 class RayIslands:
@@ -84,14 +90,15 @@ class RayIslands:
     def __init__(self, job: JobSpec, run: Store, store_root: str, *,
                  client_factory: Callable[[str, str], JobsClient] = JobsClient,
                  island_env_extra: dict[str, dict[str, str]] | None = None, poll_s: float = 2.0,
-                 unreachable_s: float = 30.0, on_event: Callable[[str], None] | None = None,
+                 unreachable_s: float | None = None, on_event: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.job, self.run_store, self.store_root = job, run, store_root
         self.home, self.addresses, self.router_island = island_assignment(job)
         self.order = list(self.addresses)
         self.clients = {n: client_factory(n, a) for n, a in self.addresses.items()}
         self.extra = island_env_extra or {}
-        self.poll_s, self.unreachable_s = poll_s, unreachable_s
+        self.poll_s = poll_s
+        self.unreachable_s = job.spec.islands.lost_after_seconds if unreachable_s is None else unreachable_s
         self.on_event = on_event or (lambda m: None)
         self.clock, self.sleep = clock, sleep
         self.slots = job.spec.islands.max_concurrent or 1
@@ -215,8 +222,12 @@ class RayIslands:
         st = self.state.unit(unit.name)
         attempt = st.attempt + 1
         sub_id = f"atoll-{self.job.name}-{self.state.run_id}-{unit.name}-a{attempt}"
+        # fence first: from here on only this attempt may write the unit (an older one, cut off, is refused).
+        # The number is used up even if the submit fails: a request that got through anyway is fenced off too.
+        st.attempt, st.job_id = attempt, None
+        fence.claim(self.run_store.sub(unit.prefix), attempt, job_id=sub_id, island=st.island)
         job_id = self.clients[st.island].submit(
-            entrypoint=entrypoint(unit, self.store_root), submission_id=sub_id, working_dir=self.workdir,
+            entrypoint=entrypoint(unit, self.store_root, attempt), submission_id=sub_id, working_dir=self.workdir,
             env_vars=island_env(self.job, unit, self.extra.get(st.island)),
             metadata={"atoll_job": self.job.name, "atoll_unit": unit.name, "atoll_attempt": str(attempt)})
         st.attempt, st.job_id, st.status = attempt, job_id, "PENDING"

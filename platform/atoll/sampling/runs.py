@@ -33,11 +33,10 @@ def open_run_uri(run: str | Store, s3: S3Config | None = None) -> Store:
     if isinstance(run, Store):
         return run
     if run.endswith((".yaml", ".yml")) and Path(run).is_file():
-        from atoll.pipeline import open_run
+        from atoll.run_store import open_run
         from atoll.spec import load
 
-        job = load(run)
-        return open_run(job) if s3 is None else open_store(job.spec.store.uri, s3).sub(job.name)
+        return open_run(load(run), s3=s3)
     return open_store(run, s3)
 
 

@@ -10,10 +10,13 @@ Writes under ``run/samples/``:
 * ``manifest.json``    last: per strategy seconds and GFLOPs per image (and class accuracy
   when ``atoll.eval`` provides a classifier; video: on each clip's object-centred still,
   with the same score of real clips for reference), the files with sizes and hashes.
+
+The grids are independent (a sample's noise depends on its index only): big ones are sampled
+in parallel one-thread Ray tasks, one per CPU, the costliest first (``PARALLEL_MIN_IMAGE_STEPS``).
 """
 from __future__ import annotations
 
-import math
+import os
 
 import torch
 
@@ -28,6 +31,9 @@ from atoll.store import MANIFEST, S3Config, Store, join
 from atoll.store.base import sha256_bytes
 
 PREFIX = "samples"
+#: grids of at least this many image-steps (images x sampler steps) are sampled in parallel Ray tasks,
+#: one per CPU; smaller ones in process (a task's start-up would cost more than it saves)
+PARALLEL_MIN_IMAGE_STEPS = 1000
 FORMAT = "atoll-samples/v1"
 BATCH = 64
 
@@ -72,7 +78,6 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     n = rows * ss.num_per_class
     strategies = list(dict.fromkeys(ss.strategies))
     experts = list(range(ens.num_experts)) if ens.num_experts > 1 else []  # a monolith's expert = its strategies
-    runs = (len(strategies) if ens.num_experts > 1 else 1) + len(experts)
     kw = dict(steps=ss.steps, sampler=ss.sampler, guidance=ss.guidance, seed=ss.seed, batch_size=BATCH)
     trace_strategy = "top1" if "top1" in strategies else strategies[0]
     scale = default_scale(ens.image_shape[-1])
@@ -87,21 +92,34 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
         else:
             out.put(f"{name}.png", grid_png(images, ss.num_per_class, scale=scale))
 
-    results: dict[str, SampleResult] = {}
-    with task("samples", total=runs * ss.steps * math.ceil(n / BATCH)) as bar:
-        for s in strategies:
-            if ens.num_experts == 1 and results:  # one model: every strategy is the same samples
-                results[s] = next(iter(results.values()))
-            else:
-                results[s] = ens.sample(n, class_labels=labels, strategy=s, return_trace=s == trace_strategy or ens.num_experts == 1,
-                                        progress=bar.advance, **kw)
-            pictures(s, results[s].images)
-        for k in experts:
-            res = ens.only(k).sample(n, class_labels=labels, strategy="top1", progress=bar.advance, **kw)
-            pictures(f"expert-{k:03d}", res.images)
-            results[f"expert-{k:03d}"] = res
-        if ens.num_experts == 1:
-            pictures("expert-000", results[strategies[0]].images)
+    grids = [(s, None, s, s == trace_strategy or ens.num_experts == 1)
+             for s in (strategies if ens.num_experts > 1 else strategies[:1])]
+    grids += [(f"expert-{k:03d}", k, "top1", False) for k in experts]
+    args = [(run.uri, s3, k, n, labels, strat, tr, kw) for _, k, strat, tr in grids]
+    if len(grids) > 1 and (os.cpu_count() or 1) > 1 and n * ss.steps >= PARALLEL_MIN_IMAGE_STEPS:
+        # each grid in its own one-thread Ray task, as many at once as there are CPUs (the costliest
+        # first): two small samplers on two cores beat one on two threads; the grids are independent
+        from atoll.data.distributed import map_tasks
+
+        order = sorted(range(len(grids)), key=lambda i: -(ens.check_strategy(grids[i][2]) if grids[i][1] is None
+                                                          else 1))
+        out_of_order = map_tasks(_one_grid, [args[i] for i in order], desc="samples", num_cpus=1)
+        done = [None] * len(grids)
+        for i, res in zip(order, out_of_order):
+            done[i] = res
+    else:
+        with task("samples", total=len(grids)) as bar:
+            done = []
+            for a in args:
+                done.append(_one_grid(*a, threads=None, ens=ens))
+                bar.advance()
+    results: dict[str, SampleResult] = {name: res for (name, *_), res in zip(grids, done)}
+    for s in strategies:
+        results.setdefault(s, results[strategies[0]])   # one model: every strategy is the same samples
+    for name in strategies + [f"expert-{k:03d}" for k in experts]:
+        pictures(name, results[name].images)
+    if ens.num_experts == 1:
+        pictures("expert-000", results[strategies[0]].images)
     traced = results[trace_strategy]
     if traced.trace is not None:
         pick = trace_rows(labels, ss.num_per_class)
@@ -114,6 +132,18 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     manifest = run.commit(PREFIX, manifest)
     _print(manifest)
     return manifest
+
+
+def _one_grid(run_uri: str, s3: S3Config | None, expert: int | None, n: int, labels: torch.Tensor | None,
+              strategy: str, trace: bool, kw: dict, threads: int | None = 1, ens: Ensemble | None = None) -> SampleResult:
+    """One grid of the ensemble (or of expert ``expert`` alone): in a Ray task, on one thread, the ensemble
+    loaded from the run; in process, ``ens`` as it is."""
+    if threads:
+        torch.set_num_threads(threads)
+    ens = ens or Ensemble.from_pretrained(run_uri, s3=s3)
+    if expert is not None:
+        ens = ens.only(expert)
+    return ens.sample(n, class_labels=labels, strategy=strategy, return_trace=trace, **kw)
 
 
 def _entry(run: Store, res: SampleResult) -> dict:

@@ -5,6 +5,7 @@ import difflib
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,10 @@ def problems_from(err: ValidationError, model: type[BaseModel]) -> list[Problem]
             allowed = _fields_at(model, loc[:-1])
             key = str(loc[-1])
             msg = f"unknown key {key!r}"
-            if allowed:
+            camel = to_camel(key)
+            if allowed and "_" in key and camel in allowed:
+                msg = f"snake_case key {key!r}: spec keys are camelCase, write {camel!r}"
+            elif allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 msg += f"; did you mean {close[0]!r}?" if close else f"; allowed keys here: {', '.join(sorted(allowed))}"
             has_value = False

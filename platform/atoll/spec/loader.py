@@ -2,6 +2,14 @@
 
 Pure: reads the spec (and an expert recipe it names), writes nothing. All
 problems are collected and raised together as one ``SpecError``.
+
+Two rules stricter than plain YAML + pydantic:
+
+* a key written twice in one mapping is an error naming its path and both lines
+  (YAML itself keeps the last one silently);
+* keys are camelCase, as in Kubernetes manifests: ``batch_size`` is an error that
+  names the spelling to use (``batchSize``). Python code may still build the models
+  with their snake_case field names.
 """
 from __future__ import annotations
 
@@ -37,6 +45,40 @@ def _merge(defaults: dict, over: dict) -> dict:
     return out
 
 
+def _duplicate_keys(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[Problem]:
+    """Every key repeated within one mapping of a composed YAML document, with its path and lines."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:   # an alias of a node already checked
+        return []
+    seen.add(id(node))
+    out: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[object, int] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            if key == "<<":    # a merge key: its mappings are checked where they are written
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            line = k.start_mark.line + 1
+            if key is not None and key in first:
+                out.append(Problem(where, f"duplicate key {key!r} (lines {first[key]} and {line}); YAML would keep "
+                                          "only the last one: remove one of them"))
+            elif key is not None:
+                first[key] = line
+            out += _duplicate_keys(v, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, f"{path}.{i}" if path else str(i), seen)
+    return out
+
+
+def safe_load_unique(text: str) -> tuple[Any, list[Problem]]:
+    """``yaml.safe_load`` that also reports keys repeated within a mapping (raises ``yaml.YAMLError``)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    dups = _duplicate_keys(node) if node is not None else []
+    return yaml.safe_load(text), dups
+
+
 def _apply_recipe(doc: dict, base: Path | None, problems: list[Problem]) -> dict:
     body = doc.get("spec")
     experts = body.get("experts") if isinstance(body, dict) else None
@@ -50,10 +92,12 @@ def _apply_recipe(doc: dict, base: Path | None, problems: list[Problem]) -> dict
                                 name, True))
         return doc
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        recipe, dups = safe_load_unique(path.read_text())
+        recipe = recipe or {}
     except yaml.YAMLError as e:
         problems.append(Problem("spec.experts.recipe", f"{path} is not valid YAML: {e}", name, True))
         return doc
+    problems += [Problem("spec.experts.recipe", f"{path}: {d.path}: {d.message}") for d in dups]
     if not isinstance(recipe, dict):
         problems.append(Problem("spec.experts.recipe", f"{path} must be a mapping of experts keys", name, True))
         return doc
@@ -90,17 +134,20 @@ def _check_sizes(doc: dict) -> list[Problem]:
     return out
 
 
-def parse(doc: Any, source: str = "<spec>", base: Path | None = None) -> JobSpec:
-    """Validates a parsed YAML document. Raises ``SpecError`` listing every problem."""
+def parse(doc: Any, source: str = "<spec>", base: Path | None = None,
+          problems: list[Problem] | None = None) -> JobSpec:
+    """Validates a parsed YAML document (camelCase keys). Raises ``SpecError`` listing every problem
+    (``problems``: ones found before, e.g. duplicate keys, reported with the rest)."""
+    problems = list(problems or [])
     if not isinstance(doc, dict):
-        raise SpecError(source, [Problem("", "the spec must be a YAML mapping with apiVersion, kind, metadata, spec")])
-    problems: list[Problem] = []
+        raise SpecError(source, problems + [Problem("", "the spec must be a YAML mapping with apiVersion, kind, "
+                                                        "metadata, spec")])
     if doc.get("apiVersion") not in (None, API_VERSION):
         problems.append(Problem("apiVersion", f"unsupported; use {API_VERSION}", doc.get("apiVersion"), True))
     doc = _apply_recipe(doc, base, problems)
     problems += _check_sizes(doc)
     try:
-        spec = JobSpec.model_validate(doc)
+        spec = JobSpec.model_validate(doc, by_name=False)  # YAML keys are the camelCase aliases only
     except ValidationError as e:
         seen = {p.path for p in problems}  # e.g. apiVersion, already explained above
         problems += [p for p in problems_from(e, JobSpec) if p.path not in seen]
@@ -126,12 +173,12 @@ def load(path: str | Path) -> JobSpec:
 
 def loads(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:
     try:
-        doc = yaml.safe_load(text)
+        doc, dups = safe_load_unique(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError(source, [Problem("", f"not valid YAML: {where}{getattr(e, 'problem', e)}")]) from None
-    return parse(doc, source, base)
+    return parse(doc, source, base, problems=dups)
 
 
 def dump(spec: JobSpec) -> dict:

@@ -312,6 +312,9 @@ class IslandsSpec(Base):
     target: Literal["local", "ray", "kubernetes"] = "local"
     max_concurrent: int | None = Field(None, ge=1, description="local: islands trained at once; default: as resources allow.")
     max_retries: int = Field(2, ge=0, le=100, description="Retries of a failed island, each from its last checkpoint.")
+    lost_after_seconds: float = Field(30.0, gt=0, le=86400, description=(
+        "ray target: an island whose Jobs API has not answered for this long is lost, and its units move to "
+        "another island (resuming from their last checkpoint; the lost island's attempt is fenced off)."))
     islands: list[IslandSpec] = Field(default_factory=list)
     router_island: str | None = None
 
@@ -481,12 +484,24 @@ class JobSpecBody(Base):
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
         self._check_video()
+        self._check_strategies()
         for i, isl in enumerate(self.islands.islands):
             bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
             if bad:
                 raise FieldError(f"islands.islands.{i}.experts", f"island {isl.name!r} lists experts {bad}, but there are "
                                  f"{self.num_experts} (ids 0..{self.num_experts - 1})")
         return self
+
+    def _check_strategies(self) -> None:
+        """``topN`` needs N <= K experts (a monolith's one model serves every strategy), as at sampling time."""
+        n = self.num_experts
+        if n == 1:
+            return
+        over = [s for s in self.sample.strategies if s.startswith("top") and int(s[3:]) > n]
+        if over:
+            raise FieldError("sample.strategies", f"sample.strategies {', '.join(over)} need{'s' if len(over) == 1 else ''}"
+                             f" more experts than the job has (partition.k = {n}); use top1..top{n} or full, "
+                             "or raise partition.k")
 
     @property
     def is_video(self) -> bool:

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from atoll import devices
+from atoll import devices, fence
 from atoll.spec import parse
 from atoll.store import S3Config, Store, open_store
 from atoll.train import checkpoints as ckpt
@@ -56,7 +56,7 @@ def train_island(cfg: dict, ctx: WorkerContext | None = None) -> None:
     rank, world = ctx.rank, ctx.world
     job = parse(cfg["job"], source="job")
     run = open_store(cfg["run_uri"], S3Config(**cfg.get("s3", {})))
-    island = run.sub(cfg["prefix"])
+    island = fence.guard(run.sub(cfg["prefix"]), cfg.get("attempt", 0))  # a superseded attempt writes nothing
     task = make_task(job, cfg["role"], cfg.get("expert"))
     seed = unit_seed(task.training.seed, cfg["role"], cfg.get("expert"))
     task.training = task.training.model_copy(update={"seed": seed})  # this unit's own streams
