@@ -23,9 +23,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # (sp, attention, ring degree, ZeRO stage, (frames, side)); VDiT-XXS/4: tokens = frames/2 * (side/4)^2
 CASES = {
-    0: [(2, "ulysses", None, 3, (2, 12))],
     2: [(2, "ulysses", None, 0, (2, 12)), (2, "ulysses", None, 1, (4, 8)), (2, "ulysses", None, 2, (2, 12)),
-        (2, "ulysses", None, 3, (2, 12)), (2, "ring", None, 2, (2, 12)), (2, "ring", None, 0, (4, 8))],
+        (2, "ulysses", None, 3, (2, 12)), (2, "ring", None, 2, (2, 12))],
     4: [(4, "ulysses", None, 2, (2, 12)), (4, "ulysses", None, 0, (4, 8)), (2, "ulysses", None, 1, (2, 12)),
         (2, "ring", None, 3, (4, 8)), (4, "ring", None, 2, (2, 12)), (4, "hybrid", 2, 0, (2, 12)),
         (4, "hybrid", 2, 2, (4, 8))],
@@ -48,7 +47,7 @@ def _task(world: int, sp: int, attention: str, ring: int | None, stage: int, fra
           partition: {{k: 1, fineClusters: 4}}
           experts:
             model: VDiT-XXS/4
-            training: {{steps: 1, batchSize: {BATCH}, zeroStage: {stage}, precision: fp32, gradClip: null,
+            training: {{steps: 1, batchSize: {BATCH}, zeroStage: {stage}, precision: fp32, gradClip: 1.0e+9,
                         classDropout: 0.25, lr: 0.01}}
             scaling: {{numWorkers: {world}, sequenceParallel: {sp}, attention: {attention}{extra}}}
         """))
@@ -98,6 +97,9 @@ def one_case(rank: int, world: int, case) -> dict:
     total = torch.stack(losses).mean()
     total.backward()
     errs = {n: float((grads[n].float() - p.grad).abs().max()) for n, p in ref.named_parameters()}
+    engine.step()  # the clipping norm DeepSpeed computes (clipping on, at a bound nothing reaches)
+    norm = engine.get_global_grad_norm()
+    ref_norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in ref.parameters())))
     worst = max(errs, key=errs.get)
     res = {"case": [sp, attention, ring, stage, frames, side], "tokens": task.model_config().num_tokens,
            "dp": dp, "dp_rank": spp.dp_rank, "engine_stage": dse.zero_stage(engine),
@@ -105,6 +107,7 @@ def one_case(rank: int, world: int, case) -> dict:
            "loss_err": abs(float(loss) - float(losses[spp.dp_rank])),
            "params": len(errs), "grad_max_abs_err": errs[worst], "worst_param": worst,
            "grad_scale": max(float(p.grad.abs().max()) for p in ref.parameters()),
+           "grad_norm": None if norm is None else float(norm), "ref_grad_norm": ref_norm,
            "zero_grad_params": sum(int(float(p.grad.abs().max()) == 0.0) for p in ref.parameters())}
     del engine
     return res
@@ -117,7 +120,7 @@ def main(out_dir: str) -> None:
 
     torch.set_num_threads(1)
     ctx = plain_context()
-    results = [one_case(ctx.rank, ctx.world, c) for c in CASES[int(os.environ.get("SP_CASES", ctx.world))]]
+    results = [one_case(ctx.rank, ctx.world, c) for c in CASES[ctx.world]]
     Path(out_dir, f"sp-train-rank{ctx.rank}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
     dist.destroy_process_group()
