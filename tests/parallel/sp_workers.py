@@ -92,9 +92,11 @@ def layouts_worker(rank: int, world: int, port: int, out_path: str) -> None:
 
     from atoll.models.video_dit import VideoDiTConfig
     from atoll.parallel.dims import ParallelDims
+    from atoll.parallel import ring as ring_module
     from atoll.parallel.groups import destroy, init_process_group
     from atoll.parallel.usp import sequence_layout
 
+    ring_module.CHUNK_ELEMENTS = 512  # several query chunks per block even at these sizes
     init_process_group(rank, world, port)
     layouts = [("ring", None)] + ([("hybrid", 2), ("ulysses", None)] if world == 4 else [])
     result: dict = {}

@@ -11,7 +11,8 @@ flash-attention backward: ``ds = p * (dp - rowsum(dout * out))``).
 
 Padding: block ``j`` covers global positions ``j*s_block ..``; keys at positions ``>=
 num_tokens`` are masked (and blocks that are all padding skipped), so padded keys change
-nothing, whatever rank holds them. Math in fp32 whatever the input dtype.
+nothing, whatever rank holds them. Math in fp32 whatever the input dtype; scores are made for a
+chunk of query rows at a time (``CHUNK_ELEMENTS``), so a block never holds ``s_block^2`` per head.
 
 Bytes each rank sends per attention call (elements of the local ``[b, s_block, h, d]``
 block, ``E``): forward ``2 (R-1) E`` (k and v), backward ``4 (R-1) E + 2 E``.
@@ -62,6 +63,17 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor |
     return s
 
 
+#: score elements (b * h * rows * keys) one query chunk may hold at once: bounds the transient memory of
+#: a block (like flash attention's tiles) instead of materialising ``s_block x s_block`` scores per head
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _row_chunks(qf: torch.Tensor, keys: int) -> list[slice]:
+    b, h, rows, _ = qf.shape
+    step = max(1, min(rows, CHUNK_ELEMENTS // max(1, b * h * keys)))
+    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, comm: RingComm, num_tokens: int):
@@ -77,12 +89,15 @@ class _RingAttention(torch.autograd.Function):
             j = (comm.index - i) % R
             nxt = comm.shift(kv) if i < R - 1 else None
             if j * block < num_tokens:  # a block that is all padding adds nothing
-                s = _scores(qf, kv[0], scale, _block_mask(j, block, num_tokens, q.device))
-                lse_b = torch.logsumexp(s, dim=-1)
-                o_b = torch.matmul(torch.exp(s - lse_b.unsqueeze(-1)), kv[1])
-                new = torch.logaddexp(lse, lse_b)
-                out = out * torch.exp(lse - new).unsqueeze(-1) + o_b * torch.exp(lse_b - new).unsqueeze(-1)
-                lse = new
+                mask = _block_mask(j, block, num_tokens, q.device)
+                for c in _row_chunks(qf, block):
+                    s = _scores(qf[:, :, c], kv[0], scale, mask)
+                    lse_b = torch.logsumexp(s, dim=-1)
+                    o_b = torch.matmul(torch.exp(s - lse_b.unsqueeze(-1)), kv[1])
+                    new = torch.logaddexp(lse[:, :, c], lse_b)
+                    out[:, :, c] = (out[:, :, c] * torch.exp(lse[:, :, c] - new).unsqueeze(-1)
+                                    + o_b * torch.exp(lse_b - new).unsqueeze(-1))
+                    lse[:, :, c] = new
             if nxt is not None:
                 kv = nxt
         ctx.save_for_backward(qf, kf, vf, out, lse)
@@ -103,12 +118,14 @@ class _RingAttention(torch.autograd.Function):
         for i in range(R):
             j = (comm.index - i) % R
             if j * block < num_tokens:
-                s = _scores(qf, kv[0], scale, _block_mask(j, block, num_tokens, qf.device))
-                p = torch.exp(s - lse.unsqueeze(-1))  # masked keys: exp(-inf) = 0
-                dkv[1] += torch.matmul(p.transpose(-1, -2), do)
-                ds = p * (torch.matmul(do, kv[1].transpose(-1, -2)) - D)
-                dq += torch.matmul(ds, kv[0]) * scale
-                dkv[0] += torch.matmul(ds.transpose(-1, -2), qf) * scale
+                mask = _block_mask(j, block, num_tokens, qf.device)
+                for c in _row_chunks(qf, block):
+                    s = _scores(qf[:, :, c], kv[0], scale, mask)
+                    p = torch.exp(s - lse[:, :, c].unsqueeze(-1))  # masked keys: exp(-inf) = 0
+                    dkv[1] += torch.matmul(p.transpose(-1, -2), do[:, :, c])
+                    ds = p * (torch.matmul(do[:, :, c], kv[1].transpose(-1, -2)) - D[:, :, c])
+                    dq[:, :, c] += torch.matmul(ds, kv[0]) * scale
+                    dkv[0] += torch.matmul(ds.transpose(-1, -2), qf[:, :, c]) * scale
             if i < R - 1:  # the block and its gradients so far move on together
                 both = comm.shift(torch.cat([kv, dkv]))
                 kv, dkv = both[:2], both[2:]
