@@ -1,4 +1,4 @@
-"""Sequence-parallel VideoDiT: forward (Ulysses) or a training step (Ulysses / ring / hybrid): time, per-rank peak memory, bytes sent.
+"""Sequence-parallel VideoDiT forward (Ulysses) or training step (Ulysses / ring / hybrid): time, memory, bytes.
 
     .venv/bin/python bench/sequence_parallel.py --train [--size VDiT-XXS/4 --degrees 1 2 4 \
         --layouts ulysses ring hybrid --ring-degree 2 --clips 16x64 32x64 16x128 32x128 --repeats 2]
@@ -254,8 +254,8 @@ def main_train(args, cores: int) -> None:
         "at the end.", "",
         f"Model {size} (random weights), batch 1, fp32; one step = forward with the rank's token layout, MSE on the "
         "gathered output, backward, gradient all-reduce over the group; median of "
-        f"{repeats} after {args.warmup} untimed step(s); threads per rank max(1, {cores} // N). Peak growth = highest RSS sampled (1 ms) "
-        "during the timed steps minus the RSS before them (max over ranks): the activations the step holds "
+        f"{repeats} after {args.warmup} untimed step(s); threads per rank max(1, {cores} // N). "
+        "Peak growth = highest RSS sampled (1 ms) during the timed steps minus the RSS before them (max over ranks): the activations the step holds "
         "(parameters and gradients exist before). `x (single-rank / N)` = that growth over (the single-rank "
         "growth / N); target <= 1.2. Sent = bytes a rank sends per attention layer per step (all-to-all + ring), "
         "measured, vs the formulas in bench/sequence_parallel_train.py.", "",

@@ -3,9 +3,9 @@
 One loop for experts and the router (the ``Task`` differs). Order per run:
 worker context -> device (``atoll.devices.for_training``, once) -> unit seed -> data -> model ->
 sequence parallelism (video experts with ``scaling.sequenceParallel > 1``: ``sequence_parallel.py``;
-batches and noise are then keyed by the data-parallel rank) -> DeepSpeed engine on that device -> resume from the store's latest committed checkpoint (resharded
-through a universal checkpoint when the world size changed) -> train to ``steps`` with the sharded
-EMA of the fp32 master weights, periodic progress, metrics, snapshots and checkpoints -> the final
+batches and noise are then keyed by the data-parallel rank) -> DeepSpeed engine on that device ->
+resume from the store's latest committed checkpoint (resharded through a universal checkpoint when
+the world size changed) -> train to ``steps`` with the sharded EMA of the fp32 master weights, periodic progress, metrics, snapshots and checkpoints -> the final
 model from the fp32 master weights, written by rank 0, and the island's manifest.
 
 ``train_island(cfg)`` is Ray Train's ``train_loop_per_worker``; ``train_island(cfg, plain_context())``
