@@ -1,4 +1,11 @@
-"""Sequence-parallel (DeepSpeed-Ulysses) VideoDiT forward: latency, per-rank peak memory, all-to-all volume.
+"""Sequence-parallel VideoDiT forward (Ulysses) or training step (Ulysses / ring / hybrid): time, memory, bytes.
+
+    .venv/bin/python bench/sequence_parallel.py --train [--size VDiT-XXS/4 --degrees 1 2 4 \
+        --layouts ulysses ring hybrid --ring-degree 2 --clips 16x64 32x64 16x128 32x128 --repeats 2]
+
+``--train``: see ``bench/sequence_parallel_train.py`` (clips FxS of VDiT-XXS/4: ``tokens = F/2 *
+(S/4)^2``, 2048-16384 by default); results in ``bench/results/sequence_parallel_train.md``. Without
+it, the forward (one denoising step) as below.
 
     .venv/bin/python bench/sequence_parallel.py [--size VDiT-XS/2 --degrees 1 2 4 \
         --clips 5x14 8x16 8x24 8x32 --repeats 3 --out bench/results/sequence_parallel.md]
@@ -174,9 +181,16 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", default=["auto", "1"],
                     help="threads per rank, one table row set per value: auto = max(1, cores // N)")
     ap.add_argument("--note", nargs="*", default=[], help="paragraphs appended to the results file")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sequence_parallel.md"))
+    ap.add_argument("--out", default=None, help="default bench/results/sequence_parallel[_train].md")
+    ap.add_argument("--train", action="store_true", help="a training step instead of a forward")
+    ap.add_argument("--layouts", nargs="+", default=["ulysses", "ring", "hybrid"], help="--train: attention layouts")
+    ap.add_argument("--ring-degree", type=int, default=2, help="--train: ring degree of the hybrid layout")
+    ap.add_argument("--warmup", type=int, default=1, help="--train: untimed steps before the timed ones")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    if args.train:
+        return main_train(args, cores)
+    args.out = args.out or str(ROOT / "bench" / "results" / "sequence_parallel.md")
     header = ("| N | threads/rank | frames x px | tokens (padded) | latency/step (s) | per-rank peak growth (MB) | "
               "per-rank max RSS (MB) | a2a calls/layer | a2a sent/layer/rank (KiB) | Ulysses formula (KiB) |")
     rows = [header, "|" + "---|" * 10]
@@ -196,12 +210,7 @@ def main() -> None:
                        f"{r0['a2a_sent_bytes_per_layer'] / 1024:.1f} | {r0['formula_bytes_per_layer'] / 1024:.1f} |")
                 rows.append(row)
     print("\n".join(rows), flush=True)
-    argv = sys.argv[1:]
-    if "--note" in argv:  # the note is printed below the table, not in the command
-        i = argv.index("--note")
-        j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("--")), len(argv))
-        argv = argv[:i] + ['--note "<the note below the table>"'] + argv[j:]
-    cmd = "python bench/sequence_parallel.py " + " ".join(argv)
+    cmd = _command(sys.argv[1:])
     text = "\n".join([
         "# Sequence-parallel VideoDiT forward (DeepSpeed-Ulysses)", "",
         f"Command: `{cmd.strip()}`", "",
@@ -216,6 +225,44 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
+
+
+def _command(argv: list[str]) -> str:
+    if "--note" in argv:  # the note is printed below the table, not in the command
+        i = argv.index("--note")
+        j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("--")), len(argv))
+        argv = argv[:i] + ['--note "<the note below the table>"'] + argv[j:]
+    return ("python bench/sequence_parallel.py " + " ".join(argv)).strip()
+
+
+def main_train(args, cores: int) -> None:
+    import sequence_parallel_train as spt
+
+    size = args.size if args.size != "VDiT-XS/2" else "VDiT-XXS/4"
+    clips = args.clips if args.clips != ["5x14", "8x16", "8x24", "8x32"] else ["16x64", "32x64", "16x128", "32x128"]
+    clips = [tuple(int(v) for v in c.split("x")) for c in clips]
+    repeats = args.repeats if args.repeats != 3 else 2
+    start = machine()
+    rows = spt.table(size, args.degrees, args.layouts, args.ring_degree, clips, repeats, args.warmup, cores)
+    print("\n".join(rows), flush=True)
+    load_end = os.getloadavg()
+    out = args.out or str(ROOT / "bench" / "results" / "sequence_parallel_train.md")
+    text = "\n".join([
+        "# Sequence-parallel VideoDiT training step (Ulysses, ring, hybrid)", "",
+        f"Command: `{_command(sys.argv[1:])}`", "",
+        f"Machine: {start}; load average {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1/5/15 min) "
+        "at the end.", "",
+        f"Model {size} (random weights), batch 1, fp32; one step = forward with the rank's token layout, MSE on the "
+        "gathered output, backward, gradient all-reduce over the group; median of "
+        f"{repeats} after {args.warmup} untimed step(s); threads per rank max(1, {cores} // N). "
+        "Peak growth = highest RSS sampled (1 ms) during the timed steps minus the RSS before them (max over ranks): the activations the step holds "
+        "(parameters and gradients exist before). `x (single-rank / N)` = that growth over (the single-rank "
+        "growth / N); target <= 1.2. Sent = bytes a rank sends per attention layer per step (all-to-all + ring), "
+        "measured, vs the formulas in bench/sequence_parallel_train.py.", "",
+        *rows, "", *args.note, ""])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,62 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
         destroy()
     with open(f"{out_path}.{rank}", "w") as f:
         json.dump(result, f)
+
+
+def layouts_worker(rank: int, world: int, port: int, out_path: str) -> None:
+    """Ring and hybrid (and Ulysses) layouts: forward on every CASE, backward on two of them.
+
+    Backward: a fixed weighting of the output (the same on every rank) is summed and differentiated;
+    the ranks' parameter and input gradients, summed over the group (what the training reduction
+    does), must equal the single-rank ones."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from atoll.models.video_dit import VideoDiTConfig
+    from atoll.parallel.dims import ParallelDims
+    from atoll.parallel import ring as ring_module
+    from atoll.parallel.groups import destroy, init_process_group
+    from atoll.parallel.usp import sequence_layout
+
+    ring_module.CHUNK_ELEMENTS = 512  # several query chunks per block even at these sizes
+    init_process_group(rank, world, port)
+    layouts = [("ring", None)] + ([("hybrid", 2), ("ulysses", None)] if world == 4 else [])
+    result: dict = {}
+    try:
+        for attention, ring in layouts:
+            seq = sequence_layout(ParallelDims.for_layout(world, world, attention, ring), rank, 8)
+            rows = []
+            for i, case in enumerate(CASES):
+                frames, size, pt = case
+                cfg = VideoDiTConfig("VDiT-XS/2", input_size=size, frames=frames, in_channels=1, num_classes=4,
+                                     temporal_patch=pt)
+                model = randomize(cfg.build(), seed=i)
+                g = torch.Generator().manual_seed(100 + i)
+                x = torch.randn(2, 1, frames, size, size, generator=g)
+                t, y = torch.rand(2, generator=g), torch.tensor([1, 4])
+                row = {"tokens": cfg.num_tokens}
+                with torch.no_grad():
+                    ref = model.forward_with_cfg(x, t, y, 2.5 if i == 0 else 1.0)
+                    out = model.forward_with_cfg(x, t, y, 2.5 if i == 0 else 1.0, seq=seq)
+                row.update(fwd_err=(out - ref).abs().max().item(), ref_scale=ref.abs().max().item())
+                if i in (1, 4):  # 27 and 18 tokens: backward (27: padded at N = 2 and 4)
+                    w = torch.randn(x.shape, generator=g)
+
+                    def grads(layout):
+                        model.zero_grad()
+                        xx = x.clone().requires_grad_(True)
+                        (model(xx, t, y, seq=layout) * w).sum().backward()
+                        return [p.grad.clone() for p in model.parameters()] + [xx.grad]
+
+                    want, got = grads(None), grads(seq)
+                    for gr in got:
+                        dist.all_reduce(gr, group=seq.group)
+                    row["bwd_err"] = max((a - b).abs().max().item() for a, b in zip(got, want))
+                    row["bwd_scale"] = max(b.abs().max().item() for b in want)
+                rows.append(row)
+            result[attention] = rows
+    finally:
+        destroy()
+    with open(f"{out_path}.{rank}", "w") as f:
+        json.dump(result, f)

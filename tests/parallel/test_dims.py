@@ -23,3 +23,26 @@ def test_errors_say_what_is_wrong():
         ParallelDims(4, sp=4).check_heads(6)
     with pytest.raises(ParallelConfigError, match=r"rank 5 is outside the world \[0, 4\)"):
         ParallelDims(4, sp=2).sp_rank(5)
+
+
+def test_ring_and_hybrid_layouts():
+    d = ParallelDims.for_layout(8, sp=4, attention="hybrid", ring_degree=2)
+    assert (d.dp, d.ulysses, d.ring, d.attention) == (2, 2, 2, "hybrid")
+    assert d.ulysses_group_ranks() == [[0, 1], [2, 3], [4, 5], [6, 7]]  # neighbours: all-to-all stays close
+    assert d.ring_group_ranks() == [[0, 2], [1, 3], [4, 6], [5, 7]]  # same heads, successive token blocks
+    d.check_heads(6)  # only the Ulysses degree (2) must divide the heads
+    ring = ParallelDims.for_layout(4, sp=4, attention="ring")
+    assert (ring.ulysses, ring.ring, ring.attention) == (1, 4, "ring")
+    ring.check_heads(7)  # ring attention: any head count
+    assert ParallelDims.for_layout(4, sp=2).attention == "ulysses"
+
+
+def test_layout_errors_say_what_is_wrong():
+    with pytest.raises(ParallelConfigError, match=r"hybrid attention needs 1 < ring degree < sp=4.*\[2\]"):
+        ParallelDims.for_layout(4, sp=4, attention="hybrid")
+    with pytest.raises(ParallelConfigError, match=r"attention 'tree' is unknown; use one of ulysses, ring, hybrid"):
+        ParallelDims.for_layout(4, sp=4, attention="tree")
+    with pytest.raises(ParallelConfigError, match=r"ring degree 3 does not divide .* sp=4"):
+        ParallelDims(4, sp=4, ring=3)
+    with pytest.raises(ParallelConfigError, match=r"N=4 must divide num_heads=6.*ring attention has no such limit"):
+        ParallelDims.for_layout(8, sp=8, attention="hybrid", ring_degree=2).check_heads(6)

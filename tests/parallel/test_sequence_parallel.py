@@ -32,3 +32,25 @@ def test_sequence_parallel_forward_matches_single_rank(world, tmp_path):
         heads = 6 if world == 4 else 7
         assert res["heads_error"] is not None
         assert f"N={world}" in res["heads_error"] and f"num_heads={heads}" in res["heads_error"]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ring_and_hybrid_attention_forward_and_backward_match_single_rank(world, tmp_path):
+    """Ring (2 and 4 ranks), hybrid Ulysses x ring (2 x 2) and Ulysses (4): the VideoDiT forward on every
+    clip shape (1 to 50 tokens, divisible by N or not, one shorter than N) to 1e-5, and its backward to 1e-5
+    relative to the largest gradient."""
+    from sp_workers import layouts_worker
+
+    out = str(tmp_path / "layouts")
+    mp.spawn(layouts_worker, args=(world, free_port(), out), nprocs=world, join=True)
+    for r in range(world):
+        res = json.load(open(f"{out}.{r}"))
+        assert sorted(res) == (["hybrid", "ring", "ulysses"] if world == 4 else ["ring"])
+        for attention, rows in res.items():
+            assert [row["tokens"] for row in rows] == [num_tokens(c) for c in CASES]
+            for row in rows:
+                assert row["ref_scale"] > 0.1 and row["fwd_err"] <= 1e-5, (attention, row)
+            backward = [row for row in rows if "bwd_err" in row]
+            assert len(backward) == 2 and any(row["tokens"] % world for row in backward)
+            for row in backward:  # fp32 rounding grows with the gradients (here up to ~30): relative bound
+                assert row["bwd_scale"] > 0.1 and row["bwd_err"] <= 1e-5 * max(1.0, row["bwd_scale"]), (attention, row)

@@ -133,7 +133,7 @@ def test_served_video_equals_the_library_sampler_exactly(client, library, strate
 @pytest.mark.parametrize("body,field,limit,words", [
     ({"frames": 8}, "frames", 4, ["frames = 8", "4-frame"]),
     ({"size": 32}, "size", 16, ["size = 32", "trained size 16"]),
-    ({"format": "mp4"}, "format", "'png', 'json' or 'gif'", ["'gif'"]),
+    ({"format": "webm"}, "format", "'png', 'json', 'gif' or 'mp4'", ["'mp4'"]),
 ])
 def test_wrong_frames_or_size_get_422_naming_the_field(client, body, field, limit, words):
     r = client.post("/v1/generate", json={**REQUEST, **body})

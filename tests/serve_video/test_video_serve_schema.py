@@ -1,4 +1,4 @@
-"""Video runs without Ray: run facts, request checks (frames / size / format), the GIF encoder, and the
+"""Video runs without Ray: run facts, request checks (frames / size / format), the GIF and MP4 encoders, and the
 sequence-parallel degree checks that happen before any actor starts."""
 from __future__ import annotations
 
@@ -45,12 +45,14 @@ def test_default_formats_and_matching_frames_and_size():
     r = _r(VIDEO, frames=4, size=16, format="png", **{"class": 3})
     assert (r.format, r.label) == ("png", 3)
     assert _r(VIDEO, format="json").format == "json"
+    assert _r(VIDEO, format="mp4").format == "mp4"
 
 
 @pytest.mark.parametrize("facts,body,field,limit,words", [
     (VIDEO, {"frames": 8}, "frames", 4, ["frames = 8", "4-frame"]),
     (VIDEO, {"size": 32}, "size", 16, ["size = 32", "16x16"]),
     (IMAGE, {"format": "gif"}, "format", ["png", "json"], ["gif", "video"]),
+    (IMAGE, {"format": "mp4"}, "format", ["png", "json"], ["mp4", "video"]),
     (IMAGE, {"frames": 4}, "frames", None, ["frames = 4", "images"]),
 ])
 def test_wrong_frames_size_or_format_name_the_field_and_the_trained_value(facts, body, field, limit, words):
@@ -77,8 +79,30 @@ def test_gif_encoder_gives_back_the_exact_frames(tmp_path):
     paths = save_video(videos, tmp_path / "clip", scale=2)
     assert paths["gif"].read_bytes() == encode_video(videos, "gif", scale=2)
     assert paths["png"].read_bytes() == encode_video(videos, "png", scale=2)
-    with pytest.raises(Exception, match="mp4"):
-        encode_video(videos, "mp4")
+    assert paths["mp4"].read_bytes()[4:8] == b"ftyp"
+    with pytest.raises(Exception, match="webm"):
+        encode_video(videos, "webm")
+
+
+def test_mp4_encoder_is_h264_with_the_gif_layout_and_near_exact_frames():
+    """MP4 = the GIF's grid in H.264 (imageio-ffmpeg's bundled ffmpeg); CRF 12 keeps every grey level
+    within a few units, and smooth regions exact."""
+    from atoll.sampling.video_io import VIDEO_MEDIA_TYPES, read_mp4
+
+    videos = np.zeros((3, 1, 5, 16, 16), np.uint8)
+    for k in range(5):  # a bright square moving over a mid-grey background
+        videos[:, :, k] = 90
+        videos[:, :, k, 4:10, 2 + 2 * k:8 + 2 * k] = 230
+    data = encode_video(videos, "mp4", nrow=2, fps=8)
+    assert data[4:8] == b"ftyp" and b"avc1" in data[:4096] and VIDEO_MEDIA_TYPES["mp4"] == "video/mp4"
+    frames = read_mp4(data)
+    want = np.stack([grid_array(videos[:, :, k], nrow=2)[..., 0] for k in range(5)])
+    assert frames.shape == want.shape == (5, 38, 38)  # 2 x 2 grid with a 2-pixel border: even sides already
+    err = np.abs(frames.astype(int) - want)
+    assert err.mean() < 1.0 and err.max() <= 16, (err.mean(), err.max())
+    noisy = np.random.default_rng(0).integers(0, 256, (1, 1, 3, 15, 15), dtype=np.uint8)  # odd sides: padded
+    back = read_mp4(encode_video(noisy, "mp4", scale=1))
+    assert back.shape == (3, 20, 20) and np.abs(back[:, 2:17, 2:17].astype(int) - noisy[0, 0]).mean() < 4
 
 
 def test_sequence_parallel_degree_is_checked_before_any_actor_starts(video_run):

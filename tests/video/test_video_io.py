@@ -25,6 +25,7 @@ def test_gif_roundtrip_and_strip(tmp_path):
     np.testing.assert_array_equal(strip[12:20, 22:30, 0], v[1, 0, 2])
     paths = save_video(v, tmp_path / "out" / "clip")
     assert paths["gif"].read_bytes()[:6] == b"GIF89a" and paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["mp4"].read_bytes()[4:8] == b"ftyp"
 
 
 def test_video_to_uint8():

@@ -61,6 +61,39 @@ def test_video_spec_errors_name_the_field_and_fix(change, field, hint):
     assert field in msg and hint in msg
 
 
+EXPERT_SCALING = "scaling: {cpusPerWorker: 0.5}"  # the experts' (first) scaling line of VIDEO_JOB
+
+
+@pytest.mark.parametrize("scaling, field, hint", [
+    ("{numWorkers: 3, sequenceParallel: 2}", "experts.scaling.sequenceParallel", "must divide numWorkers (3)"),
+    ("{numWorkers: 8, sequenceParallel: 8}", "experts.scaling.sequenceParallel", "must divide the 4 attention heads"),
+    ("{numWorkers: 4, sequenceParallel: 4, attention: hybrid}", "experts.scaling.ringDegree", "use one of [2]"),
+    ("{numWorkers: 2, sequenceParallel: 2, ringDegree: 2}", "experts.scaling.ringDegree", "is for attention: hybrid"),
+    ("{attention: ring}", "experts.scaling.attention", "set sequenceParallel > 1"),
+    ("{numWorkers: 8, sequenceParallel: 2, cpusPerWorker: 0.1}", "experts.training.batchSize",
+     "data-parallel replicas (numWorkers 8 / sequenceParallel 2)"),
+])
+def test_sequence_parallel_training_spec_errors(scaling, field, hint):
+    text = VIDEO_JOB.replace(EXPERT_SCALING, f"scaling: {scaling}", 1)
+    if "numWorkers: 8, sequenceParallel: 2" in scaling:
+        text = text.replace("batchSize: 8,", "batchSize: 6,", 1)
+    msg = _problems(text)
+    assert field in msg and hint in msg, msg
+
+
+def test_sequence_parallel_training_layouts_validate():
+    for scaling in ("{numWorkers: 4, sequenceParallel: 2}", "{numWorkers: 8, sequenceParallel: 8, attention: ring}",
+                    "{numWorkers: 4, sequenceParallel: 4, attention: hybrid, ringDegree: 2}"):
+        sc = _job(VIDEO_JOB.replace(EXPERT_SCALING, f"scaling: {scaling}", 1)).spec.experts.scaling
+        assert sc.data_parallel * sc.sequence_parallel == sc.num_workers
+    assert "router trains on whole samples" in _problems(
+        VIDEO_JOB.replace("    scaling: {cpusPerWorker: 0.5}\n  sample", "    scaling: {sequenceParallel: 2, numWorkers: 2}\n  sample"))
+    image = VIDEO_JOB.replace("type: moving-clips, images: digits, numClips: 96, frames: 4, size: 16", "type: digits")
+    image = image.replace("VDiT-XXS/4", "DiT-XXS/2").replace("  serve: {sequenceParallel: 2}\n", "")
+    assert "experts.scaling.sequenceParallel (2) is for video experts" in _problems(
+        image.replace(EXPERT_SCALING, "scaling: {numWorkers: 2, sequenceParallel: 2}", 1))
+
+
 def test_sequence_parallel_is_for_video_only():
     text = VIDEO_JOB.replace("type: moving-clips, images: digits, numClips: 96, frames: 4, size: 16", "type: digits")
     text = text.replace("VDiT-XXS/4", "DiT-XXS/2")

@@ -21,7 +21,11 @@ seq=...)`` takes an object with
 * ``gather(a [B, s_local, ...], S) -> [B, S, ...]``: all tokens, padding dropped.
 
 ``LocalSequence`` (the default) keeps every token here and runs plain SDPA;
-``atoll.parallel.ulysses.UlyssesSequence`` splits the tokens over N ranks.
+``atoll.parallel.ulysses.UlyssesSequence`` splits the tokens over N ranks (Ulysses) and
+``atoll.parallel.usp.USPSequence`` over N ranks with Ulysses, ring or hybrid attention. Every
+layout is differentiable, so a sequence-parallel *training* step is the same forward + backward.
+``model.sequence_layout = layout`` makes a layout the default of ``forward`` (how a training
+engine, which calls ``model(x, t, y)``, runs it sequence-parallel); it is not part of the weights.
 
 Shapes: ``x [B, C, T, H, W]``, ``t [B]`` in [0, 1], ``y [B]`` long -> velocity ``[B, C, T, H, W]``.
 """
@@ -192,6 +196,7 @@ class VideoDiT(nn.Module):
         self.blocks = nn.ModuleList(VideoDiTBlock(D, d["num_heads"], config.mlp_ratio) for _ in range(d["depth"]))
         # FinalLayer emits p*p*C' per token; C' = pt*C makes it one whole (pt, p, p, C) patch
         self.final_layer = FinalLayer(D, p, pt * C)
+        self.sequence_layout = None  # the default token layout of forward (None: LocalSequence)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -245,7 +250,7 @@ class VideoDiT(nn.Module):
         want = (cfg.in_channels, cfg.frames, cfg.input_size, cfg.input_size)
         if x.dim() != 5 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, want))}] (B, C, T, H, W), got {list(x.shape)}")
-        seq = LocalSequence() if seq is None else seq
+        seq = seq if seq is not None else self.sequence_layout or LocalSequence()
         B, S = x.shape[0], cfg.num_tokens
         c = self._cond(t, y, B, x.device)
         h = self.x_embedder(seq.shard(self.patchify(x))) + seq.shard(self.pos_embed.to(x.dtype))

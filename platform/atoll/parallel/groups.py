@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -43,15 +44,53 @@ def ensure_deepspeed_comm(backend: str = "gloo") -> None:
 
 def sequence_group(dims: ParallelDims, rank: int):
     """This rank's sequence-parallel group. Every rank must call it (``new_group`` is collective)."""
+    return sequence_groups(dims, rank).sp
+
+
+@dataclass(frozen=True)
+class SequenceGroups:
+    """This rank's process groups of a sequence-parallel layout (``ParallelDims``).
+
+    ``sp``: its sequence group (``dims.sp`` ranks sharing one clip); ``ulysses``: the all-to-all group
+    inside it (None when the Ulysses degree is 1); ``ring``: the ring group (None when the ring degree
+    is 1). ``world``: the default group, over which data-parallel gradients are reduced.
+    """
+    dims: ParallelDims
+    rank: int
+    sp: object
+    ulysses: object | None
+    ring: object | None
+
+    @property
+    def sp_rank(self) -> int:
+        return self.dims.sp_rank(self.rank)
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dims.dp_rank(self.rank)
+
+
+def sequence_groups(dims: ParallelDims, rank: int) -> SequenceGroups:
+    """Makes every group of the layout (collective: every rank of the world calls it, same order) and
+    returns this rank's. With world == sp the sequence group is the default group itself."""
     if dist.get_world_size() != dims.world_size:
         raise ValueError(f"ParallelDims says world size {dims.world_size} but torch.distributed has "
                          f"{dist.get_world_size()} ranks")
-    mine = None
-    for ranks in dims.sp_group_ranks():
-        g = dist.new_group(ranks)
-        if rank in ranks:
-            mine = g
-    return mine
+
+    def mine(layout: list[list[int]]):
+        if len(layout) == 1 and len(layout[0]) == dims.world_size:
+            return dist.group.WORLD
+        out = None
+        for ranks in layout:
+            g = dist.new_group(ranks)
+            if rank in ranks:
+                out = g
+        return out
+
+    sp = mine(dims.sp_group_ranks())
+    ulysses = None if dims.ulysses == 1 else (sp if dims.ring == 1 else mine(dims.ulysses_group_ranks()))
+    ring = None if dims.ring == 1 else (sp if dims.ulysses == 1 else mine(dims.ring_group_ranks()))
+    return SequenceGroups(dims, rank, sp, ulysses, ring)
 
 
 def destroy() -> None:

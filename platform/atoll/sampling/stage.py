@@ -4,8 +4,8 @@ Writes under ``run/samples/``:
 
 * ``<strategy>.png``   one row per class, ``sample.numPerClass`` images per row;
 * ``expert-00k.png``   the same grid from expert k alone (no router);
-* video runs: ``<strategy>.gif`` / ``expert-00k.gif`` (animated, the same layout) and the
-  ``.png`` is a frame strip instead (a row per clip, a column per frame);
+* video runs: ``<strategy>.gif`` / ``expert-00k.gif`` (animated, the same layout), the same as
+  ``.mp4`` (H.264), and the ``.png`` is a frame strip instead (a row per clip, a column per frame);
 * ``trace.png``        routing over time for a few samples (top1 if asked for, else the first strategy);
 * ``manifest.json``    last: per strategy seconds and GFLOPs per image (and class accuracy
   when ``atoll.eval`` provides a classifier; video: on each clip's object-centred still,
@@ -85,9 +85,10 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
 
     def pictures(name: str, images: torch.Tensor) -> None:
         if ens.is_video:  # [N, C, T, H, W]: an animated grid + a frame strip
-            from atoll.sampling.video_io import frame_strip, gif_bytes
+            from atoll.sampling.video_io import frame_strip, gif_bytes, mp4_bytes
 
             out.put(f"{name}.gif", gif_bytes(images.numpy(), nrow=ss.num_per_class, scale=scale))
+            out.put(f"{name}.mp4", mp4_bytes(images.numpy(), nrow=ss.num_per_class, scale=scale))
             out.put(f"{name}.png", png_bytes(frame_strip(images.numpy()), scale=scale))
         else:
             out.put(f"{name}.png", grid_png(images, ss.num_per_class, scale=scale))

@@ -49,11 +49,11 @@ class GenerateRequest(BaseModel):
     size: int | None = Field(None, description="Image (frame) side; must equal the trained size when given.")
     frames: int | None = Field(None, description="Video runs: frames per clip; must equal the trained frames "
                                                  "when given.")
-    format: Literal["png", "json", "gif"] | None = Field(
+    format: Literal["png", "json", "gif", "mp4"] | None = Field(
         None, description="Image runs (default png): png = one image/png grid, json = base64 PNGs + metadata. "
                           "Video runs (default gif): gif = one animated image/gif (clips side by side / in a "
-                          "grid), png = the frame strip (a row per clip, a column per frame), json = base64 "
-                          "GIFs + metadata.")
+                          "grid), mp4 = the same as one video/mp4 (H.264), png = the frame strip (a row per clip, "
+                          "a column per frame), json = base64 GIFs + metadata.")
     scale: int = Field(1, ge=1, le=32, description="Nearest-neighbour upscale of the returned PNGs / GIFs.")
 
 
@@ -169,8 +169,8 @@ def resolve(req: GenerateRequest, limits: Limits, facts: RunFacts) -> Resolved:
         raise RequestError("frames", f"frames = {req.frames}, but this run generates {facts.frames}-frame clips "
                                      f"(trained frames {facts.frames})", limit=facts.frames)
     fmt = req.format or ("gif" if facts.is_video else "png")
-    if fmt == "gif" and not facts.is_video:
-        raise RequestError("format", "format = 'gif' is for video runs; this run generates images: use png or json",
+    if fmt in ("gif", "mp4") and not facts.is_video:
+        raise RequestError("format", f"format = {fmt!r} is for video runs; this run generates images: use png or json",
                            limit=["png", "json"])
     label = _label(req, facts)
     return Resolved(label=label, n=req.n, steps=steps, guidance=float(req.guidance), seed=req.seed,

@@ -224,12 +224,56 @@ class ScalingSpec(Base):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    sequence_parallel: int = Field(1, ge=1, le=4096, description=(
+        "Video experts: ranks that share one clip's tokens (sequence parallelism); numWorkers = data-parallel "
+        "replicas x sequenceParallel. 1 = plain data parallelism."))
+    attention: Literal["ulysses", "ring", "hybrid"] = Field("ulysses", description=(
+        "How attention is split over a clip's ranks: ulysses (DeepSpeed-Ulysses all-to-all over heads; "
+        "sequenceParallel must divide the heads), ring (ring attention, any head count) or hybrid "
+        "(USP: Ulysses x ring, sequenceParallel = ulysses x ringDegree; the Ulysses part must divide the heads)."))
+    ring_degree: int | None = Field(None, ge=2, description="attention: hybrid only: ranks in each attention ring.")
 
     @model_validator(mode="after")
     def _gpu(self):
         if self.gpus_per_worker > 0 and not self.use_gpu:
             raise FieldError("gpusPerWorker", "gpusPerWorker > 0 needs useGpu: true")
         return self
+
+    @model_validator(mode="after")
+    def _sequence_parallel(self):
+        sp, w = self.sequence_parallel, self.num_workers
+        if w % sp:
+            ok = [d for d in range(1, w + 1) if w % d == 0]
+            raise FieldError("sequenceParallel", f"sequenceParallel ({sp}) must divide numWorkers ({w}): numWorkers = "
+                             f"data-parallel replicas x sequenceParallel; use sequenceParallel in {ok} or numWorkers: "
+                             f"{sp * max(1, w // sp)}")
+        if self.attention != "ulysses" and sp == 1:
+            raise FieldError("attention", f"attention: {self.attention} splits a clip over several ranks; set "
+                             "sequenceParallel > 1 or remove attention")
+        if self.attention == "hybrid":
+            r = self.ring_degree
+            ok = [d for d in range(2, sp) if sp % d == 0]
+            if r is None or not (1 < r < sp and sp % r == 0):
+                raise FieldError("ringDegree", f"attention: hybrid needs ringDegree with 1 < ringDegree < "
+                                 f"sequenceParallel ({sp}) dividing it (sequenceParallel = ulysses x ringDegree); got "
+                                 f"{r}; use one of {ok}" if ok else f"attention: hybrid needs a sequenceParallel with "
+                                 f"a divisor between 1 and itself, {sp} has none: use attention: ulysses or ring")
+        elif self.ring_degree is not None:
+            raise FieldError("ringDegree", f"ringDegree is for attention: hybrid (attention: {self.attention} "
+                             f"uses {'all ranks' if self.attention == 'ring' else 'no ring'}); remove it")
+        return self
+
+    @property
+    def data_parallel(self) -> int:
+        """Replicas that see different clips: numWorkers / sequenceParallel."""
+        return self.num_workers // self.sequence_parallel
+
+    @property
+    def ulysses_degree(self) -> int:
+        """Ranks that split heads (all-to-all) within a clip's group."""
+        if self.attention == "ring":
+            return 1
+        return self.sequence_parallel // (self.ring_degree or 1)
 
 
 class TrainingSpec(Base):
@@ -254,11 +298,13 @@ class TrainingSpec(Base):
 
 
 def check_batch_split(t: TrainingSpec, scaling: ScalingSpec) -> None:
-    """The global batch must split evenly over workers and accumulation steps."""
-    w = scaling.num_workers
+    """The global batch must split evenly over data-parallel replicas and accumulation steps."""
+    w = scaling.data_parallel
+    who = ("scaling.numWorkers" if scaling.sequence_parallel == 1 else
+           f"the data-parallel replicas (numWorkers {scaling.num_workers} / sequenceParallel {scaling.sequence_parallel})")
     if t.batch_size % (w * t.grad_accum):
         raise FieldError("training.batchSize", f"training.batchSize ({t.batch_size}) must be divisible by "
-                         f"scaling.numWorkers x training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
+                         f"{who} x training.gradAccum ({w} x {t.grad_accum}); e.g. batchSize: "
                          f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
 
 
@@ -519,6 +565,25 @@ class JobSpecBody(Base):
                              f"experts.model {self.experts.model}; use e.g. VDiT-XXS/4")
         if self.is_video and self.experts.conditioning == "text":
             raise FieldError("experts.conditioning", "video experts support conditioning: class or none, not text")
+        sc = self.experts.scaling
+        if self.router.scaling.sequence_parallel > 1:
+            raise FieldError("router.scaling.sequenceParallel", "the router trains on whole samples (no sequence "
+                             "parallelism): remove router.scaling.sequenceParallel or set 1")
+        if sc.sequence_parallel > 1 and not self.is_video:
+            raise FieldError("experts.scaling.sequenceParallel", f"experts.scaling.sequenceParallel "
+                             f"({sc.sequence_parallel}) is for video experts (VDiT-*); image experts train data-"
+                             "parallel: remove it or set 1")
+        if sc.sequence_parallel > 1:
+            heads = _video_heads(self.experts.model)
+            u = sc.ulysses_degree
+            if heads and heads % u:
+                ok = [n for n in range(1, heads + 1) if heads % n == 0]
+                what = ("sequenceParallel" if sc.attention == "ulysses" else
+                        f"sequenceParallel / ringDegree ({sc.sequence_parallel} / {sc.ring_degree})")
+                raise FieldError("experts.scaling.sequenceParallel", f"experts.scaling.{what} gives a Ulysses degree "
+                                 f"of {u}, which must divide the {heads} attention heads of {self.experts.model} "
+                                 f"(Ulysses splits heads over ranks); use a Ulysses degree in {ok}, or attention: ring "
+                                 "(any head count)")
         if self.serve.sequence_parallel > 1 and not self.is_video:
             raise FieldError("serve.sequenceParallel", f"serve.sequenceParallel ({self.serve.sequence_parallel}) "
                              "is for video experts (VDiT-*); image experts run on one rank: remove it or set 1")
@@ -537,6 +602,15 @@ class JobSpecBody(Base):
     @property
     def num_experts(self) -> int:
         return 1 if self.experts.mode == "monolith" else self.partition.k
+
+
+def _video_heads(model: str) -> int | None:
+    """The attention heads of a VDiT size (None without torch, or for an unknown size: the loader says)."""
+    try:
+        from atoll.models.video_dit import VDIT_SIZES
+    except ImportError:  # validation without torch installed
+        return None
+    return VDIT_SIZES.get(model, {}).get("num_heads")
 
 
 class JobSpec(Base):

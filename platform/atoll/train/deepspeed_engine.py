@@ -24,11 +24,18 @@ def use_bf16(training: TrainingSpec, device: torch.device) -> bool:
     return False
 
 
-def ds_config(training: TrainingSpec, world_size: int, bf16: bool, load_universal: bool = False) -> dict:
+def ds_config(training: TrainingSpec, world_size: int, bf16: bool, load_universal: bool = False,
+              sequence_parallel: int = 1) -> dict:
     """The engine's config. bf16 is DeepSpeed's own mixed precision: bf16 module and gradients,
     fp32 master weights and Adam moments in the optimizer (ZeRO 1-3; ``BF16``/``FP16_Optimizer``
     wrapper at stage 0). ``load_universal``: the next ``load_checkpoint`` reads a universal
-    checkpoint (``to_universal``), which any data-parallel world size can load."""
+    checkpoint (``to_universal``), which any data-parallel world size can load. ``world_size``: the
+    data-parallel replicas (the ranks when there is no sequence parallelism).
+
+    ``sequence_parallel > 1`` at ZeRO-3: ``reduce_scatter: false``. DeepSpeed 0.19's ZeRO-3
+    reduce-scatter path (``__avg_scatter_grads``) averages gradients over all sp x dp ranks, ignoring
+    the sequence-parallel degree (its all-reduce path divides by dp as stages 0-2 do), which halves
+    the gradients at sp=2; tests/parallel/test_sp_training.py catches it."""
     micro = training.batch_size // (world_size * training.grad_accum)
     cfg = {
         "train_batch_size": training.batch_size,
@@ -40,6 +47,8 @@ def ds_config(training: TrainingSpec, world_size: int, bf16: bool, load_universa
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if sequence_parallel > 1 and training.zero_stage == 3:
+        cfg["zero_optimization"]["reduce_scatter"] = False
     if load_universal:
         cfg["checkpoint"] = {"load_universal": True}
     if training.grad_clip:
@@ -48,19 +57,23 @@ def ds_config(training: TrainingSpec, world_size: int, bf16: bool, load_universa
 
 
 def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, bf16: bool,
-               load_universal: bool = False):
+               load_universal: bool = False, mpu=None):
     """A DeepSpeed engine with a torch AdamW (no JIT-compiled optimizer) and warmup LR.
+
+    ``mpu``: ``atoll.parallel.mpu.SequenceParallelMPU`` for a sequence-parallel island (DeepSpeed then
+    sums gradients over a clip's ranks and averages over the ``world_size`` data-parallel replicas).
 
     The engine moves the module to the process's current accelerator device (``Placement.activate``
     made it the chosen one) and, with bf16, casts it; the fp32 master copy lives in the optimizer."""
     import deepspeed
 
+    sp = 1 if mpu is None else int(mpu.get_sequence_parallel_world_size())
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay,
                             betas=(0.9, 0.999))
     warm = max(1, training.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=ds_config(training, world_size, bf16, load_universal))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, mpu=mpu,
+                                           config=ds_config(training, world_size, bf16, load_universal, sp))
     return engine
 
 

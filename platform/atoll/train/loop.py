@@ -2,9 +2,10 @@
 
 One loop for experts and the router (the ``Task`` differs). Order per run:
 worker context -> device (``atoll.devices.for_training``, once) -> unit seed -> data -> model ->
-DeepSpeed engine on that device -> resume from the store's latest committed checkpoint (resharded
-through a universal checkpoint when the world size changed) -> train to ``steps`` with the sharded
-EMA of the fp32 master weights, periodic progress, metrics, snapshots and checkpoints -> the final
+sequence parallelism (video experts with ``scaling.sequenceParallel > 1``: ``sequence_parallel.py``;
+batches and noise are then keyed by the data-parallel rank) -> DeepSpeed engine on that device ->
+resume from the store's latest committed checkpoint (resharded through a universal checkpoint when
+the world size changed) -> train to ``steps`` with the sharded EMA of the fp32 master weights, periodic progress, metrics, snapshots and checkpoints -> the final
 model from the fp32 master weights, written by rank 0, and the island's manifest.
 
 ``train_island(cfg)`` is Ray Train's ``train_loop_per_worker``; ``train_island(cfg, plain_context())``
@@ -29,6 +30,7 @@ from atoll.train.ema_shards import ShardedEMA, full_weights
 from atoll.train.report import IslandLog
 from atoll.train.resume import Resume, prepare_resume
 from atoll.train.seeds import step_seed, unit_seed
+from atoll.train.sequence_parallel import setup as sequence_parallel_setup
 from atoll.train.tasks import Task, make_task
 
 
@@ -45,6 +47,15 @@ def initial_model(task: Task, seed: int) -> torch.nn.Module:
     """The unit's initial weights: a pure function of its seed (``seeds.unit_seed``), on the CPU."""
     torch.manual_seed(seed)
     return task.build_model()
+
+
+def micro_loss(task: Task, model, seed: int, step: int, micro: int, dp_rank: int, dp: int, a: int, accum: int,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The loss of micro-batch ``a`` of ``step`` on data-parallel replica ``dp_rank`` of ``dp``: its clips
+    and its noise are keyed by the replica, so the ranks of one sequence group see the same ones."""
+    batch = task.batch(step, micro, dp_rank, dp, a, accum, device)
+    gen = torch.Generator().manual_seed(step_seed(seed, step, dp_rank, a))
+    return task.loss(model, batch, gen, dtype)
 
 
 def train_island(cfg: dict, ctx: WorkerContext | None = None) -> None:
@@ -71,9 +82,11 @@ def train_island(cfg: dict, ctx: WorkerContext | None = None) -> None:
     bf16 = dse.use_bf16(tr, device)
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = initial_model(task, seed)
+    spp = sequence_parallel_setup(scaling, model, rank, world)  # collective when sp > 1
+    dp, dp_rank = spp.dp, spp.dp_rank  # data and noise are per replica (== rank, world when sp = 1)
     scratch = ckpt.scratch_dir(task.name)
     resume = prepare_resume(island, scratch, rank, world, tr.zero_stage)
-    engine = dse.initialize(model, tr, world, bf16, load_universal=bool(resume and resume.universal))
+    engine = dse.initialize(model, tr, dp, bf16, load_universal=bool(resume and resume.universal), mpu=spp.mpu)
     devices.check_placed(engine.module, device, f"{task.name} on {placement}")
     master = MasterWeights(engine, tr.zero_stage)
     ema = ShardedEMA(master, tr.ema_decay)
@@ -81,17 +94,17 @@ def train_island(cfg: dict, ctx: WorkerContext | None = None) -> None:
     log = IslandLog(island, task, world, attempt_key=cfg.get("attempt", 0))
     log.extra.update(zero_stage=dse.zero_stage(engine), precision="bf16" if bf16 else "fp32",
                      device=str(placement), master_weights=master.kind, ema_device=str(ema.device))
+    if spp.sp > 1:
+        log.extra.update(spp.describe())
     start = 0 if resume is None else _load(engine, ema, resume, log)
 
     accum = tr.grad_accum
-    micro = tr.batch_size // (world * accum)
+    micro = tr.batch_size // (dp * accum)
     loss_sum, n_loss, t_last, step_last = 0.0, 0, time.time(), start
     last_metrics: dict = {"step": start}
     for step in range(start, tr.steps):
         for a in range(accum):
-            batch = task.batch(step, micro, rank, world, a, accum, device)
-            gen = torch.Generator().manual_seed(step_seed(seed, step, rank, a))
-            loss = task.loss(engine, batch, gen, dtype)
+            loss = micro_loss(task, engine, seed, step, micro, dp_rank, dp, a, accum, device, dtype)
             engine.backward(loss)
             engine.step()
             loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
@@ -110,7 +123,7 @@ def train_island(cfg: dict, ctx: WorkerContext | None = None) -> None:
             _save_snapshot(master, ema, task, island, done, rank)  # before the checkpoint: a
             # resume from an older checkpoint rewrites it identically, and none is ever skipped
         if done % tr.checkpoint_every == 0 and done < tr.steps:
-            _save_checkpoint(engine, ema, island, scratch, done, rank, world, tr.zero_stage)
+            _save_checkpoint(engine, ema, island, scratch, done, rank, world, tr.zero_stage, spp.sp)
             if rank == 0:
                 log.checkpoint(done)
             ctx.report(last_metrics)  # a barrier: kept to checkpoint steps, progress goes to the store
@@ -140,14 +153,14 @@ def _load(engine, ema: ShardedEMA, resume: Resume, log: IslandLog) -> int:
 
 
 def _save_checkpoint(engine, ema: ShardedEMA, island: Store, scratch, step: int, rank: int, world: int,
-                     stage: int) -> None:
+                     stage: int, sp: int = 1) -> None:
     state = {"step": step, "ema": ema.full_state_dict(), "ema_updates": ema.num_updates}  # collective
     dse.save(engine, scratch, ckpt.tag(step), state)
     ckpt.upload_rank_files(island, scratch, step, lambda name: dse.owned_by_rank(name, rank))
     if world > 1:
         dist.barrier()
     if rank == 0:
-        ckpt.commit(island, step, {"world_size": world, "zero_stage": stage})
+        ckpt.commit(island, step, {"world_size": world, "zero_stage": stage, "sequence_parallel": sp})
     if world > 1:
         dist.barrier()
 
