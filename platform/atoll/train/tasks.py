@@ -164,7 +164,7 @@ class RouterTask(Task):
 
             self.images = torch.from_numpy(clips_tensor(self.images.numpy()))
         self.num_classes = 0
-        if self.job.spec.experts.conditioning == "class":  # route on the class too: p(k | x_t, y)
+        if self.job.spec.router.sees_class(self.job.spec.experts):  # route on the class too: p(k | x_t, y)
             data = run.manifest("data") or {}
             self.classes = torch.cat(classes)
             self.num_classes = int(data.get("num_classes") or int(self.classes.max()) + 1)
