@@ -44,10 +44,11 @@ def variant(base: spec.JobSpec, size: str, cond: str) -> spec.JobSpec:
     return spec.parse(doc)
 
 
-def clone_run(base: spec.JobSpec, job: spec.JobSpec, store: str) -> None:
-    """The base run's committed data, partition and experts, copied into the variant's run (file store)."""
+def clone_run(base: spec.JobSpec, job: spec.JobSpec, store: str, experts: bool) -> None:
+    """The base run's committed data, partition (and experts), copied into the variant's run (file store)."""
     src, dst = Path(store) / base.name, Path(store) / job.name
-    for part in ("data", "partition", "experts"):
+    same_router = job.spec.router == base.spec.router and (src / "router" / "manifest.json").exists()
+    for part in ("data", "partition") + (("experts",) if experts else ()) + (("router",) if same_router else ()):
         if not (dst / part).exists():
             shutil.copytree(src / part, dst / part)
 
@@ -79,30 +80,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-per-class", type=int, default=20, help="top-1 samples per class to score")
     p.add_argument("--candidates", default=None, help="comma-separated SIZE[:CONDITIONING] (default: all)")
     p.add_argument("--out", type=Path, default=quality.OUT)
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="train the routers and read their accuracy vs t; no experts needed, no sampling")
     a = p.parse_args(argv)
     t0 = time.time()
     cands = CANDIDATES if not a.candidates else [tuple((c + ":auto").split(":")[:2]) for c in a.candidates.split(",")]
     base = quality.load_arm(a.arm, a.size)
-    if not pipeline.is_complete(pipeline.open_run(base, a.store), base, "experts"):
-        raise SystemExit(f"train the {a.arm} arm first: python bench/quality.py --train-only --arms {a.arm}")
+    base_run = pipeline.open_run(base, a.store)
+    if not pipeline.is_complete(base_run, base, "partition"):
+        raise SystemExit(f"run the {a.arm} arm first: python bench/quality.py --train-only --arms {a.arm}")
+    scored = not a.accuracy_only
+    if scored and not pipeline.is_complete(base_run, base, "experts"):
+        raise SystemExit(f"train the {a.arm} arm's experts first (python bench/quality.py --train-only --arms "
+                         f"{a.arm}), or pass --accuracy-only")
     work = quality.OUT / "work"
     rows = []
     for size, cond in cands:
         job = variant(base, size, cond)
-        clone_run(base, job, a.store)
+        clone_run(base, job, a.store, experts=scored)
         console().rule(f"[bold]{size} ({cond})[/bold]")
-        pipeline.run(job, until="router", store_uri=a.store)
-        m = pipeline.open_run(job, a.store).manifest("router")
+        run = pipeline.open_run(job, a.store)
+        if not pipeline.is_complete(run, job, "router"):
+            from atoll import stages
+
+            stages.router(job, run, None)  # the router island alone: it needs the partition, not the experts
+        m = run.manifest("router")
         expert, router = model_configs(job, data_shape(job))
-        q = score_top1(job, a.store, work, a.num_per_class)
+        q = score_top1(job, a.store, work, a.num_per_class) if scored else {}
         rows.append({"size": size, "conditioning": "class" if router.num_classes else "none",
                      "tokens": router.num_tokens, "share_per_step": router_share(expert, router, uses_cfg(job)),
                      "train_flops": m["train_flops"], "accuracy_vs_t": m["accuracy_vs_t"],
                      "accuracy_vs_t_no_class": m.get("accuracy_vs_t_no_class"), **q})
-        console().print(f"  {size} {cond}: acc {m['accuracy_vs_t']}  top1 FID {q['fid']:.2f} "
-                        f"acc {q['class_accuracy']:.3f}")
+        console().print(f"  {size} {cond}: acc {m['accuracy_vs_t']}  " + (
+            f"top1 FID {q['fid']:.2f} acc {q['class_accuracy']:.3f}" if q else ""))
     a.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if (a.arm, a.size) == ("kmeans", "default") else f"-{a.arm}-{a.size}"
+    rows = merged_rows(a.out / f"routers{suffix}.json", rows)
     (a.out / f"routers{suffix}.json").write_text(json.dumps(rows, indent=1))
     (a.out / f"routers{suffix}.md").write_text(table(rows, base, a, time.time() - t0))
     plot(rows, a.out / f"routers{suffix}.png", base.spec.partition.k)
@@ -117,21 +130,31 @@ def table(rows: list[dict], base: spec.JobSpec, a, wall: float) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         acc = [f"{v:.3f}" for v in r["accuracy_vs_t"].values()]
+        q = (f" | {r['fid']:.2f} [{r['fid_lo']:.2f}, {r['fid_hi']:.2f}] | {r['class_accuracy']:.3f} "
+             f"| {r['gflops_per_image']:.2f} |") if "fid" in r else " | not sampled | | |"
         lines.append(f"| {r['size']} | x_t, t{', y' if r['conditioning'] == 'class' else ''} | {r['tokens']} | "
-                     f"{r['share_per_step']:.1%} | {r['train_flops']:.2e} | " + " | ".join(acc)
-                     + f" | {r['fid']:.2f} [{r['fid_lo']:.2f}, {r['fid_hi']:.2f}] | {r['class_accuracy']:.3f} "
-                       f"| {r['gflops_per_image']:.2f} |")
+                     f"{r['share_per_step']:.1%} | {r['train_flops']:.2e} | " + " | ".join(acc) + q)
         if r["accuracy_vs_t_no_class"]:
             lines.append(f"| {r['size']} (null class) | x_t, t | | | | "
                          + " | ".join(f"{v:.3f}" for v in r["accuracy_vs_t_no_class"].values()) + " | | | |")
     return "\n".join([
         f"# Router candidates on the {base.spec.partition.k} experts of `{base.name}` ({a.size} size)", "",
-        f"Command: `python bench/routers.py --arm {a.arm} --size {a.size} --num-per-class {a.num_per_class}`; "
+        f"Command: `python bench/routers.py --arm {a.arm} --size {a.size} --num-per-class {a.num_per_class}"
+        f"{' --accuracy-only' if a.accuracy_only else ''}`; "
         f"wall {wall / 60:.1f} min; load average at the end {' '.join(Path('/proc/loadavg').read_text().split()[:3])}.",
         "", "Every router: the same recipe (router.training of the arm), trained on the same partition; accuracy = "
         "argmax against the true cluster on 1024 training samples noised to t (the island's manifest). Top-1 rows: "
         f"{rows[0]['n']} samples (same labels, same noise), FID against the Fashion-MNIST test set with a 95% "
         "bootstrap interval. Chance accuracy: 1/K.", "", *lines, ""])
+
+
+def merged_rows(path: Path, new: list[dict]) -> list[dict]:
+    """Earlier rows of the same file (other candidates, or scored ones) kept, the new ones replacing theirs."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    key = lambda r: (r["size"], r["conditioning"])  # noqa: E731
+    fresh = {key(r): r for r in new}
+    kept = [fresh.pop(key(r)) if key(r) in fresh else r for r in old]
+    return kept + list(fresh.values())
 
 
 def plot(rows: list[dict], path: Path, k: int) -> None:

@@ -66,3 +66,50 @@ def test_quality_and_router_benches_run_at_tiny_size(tmp_path):
     rows = json.loads((out / "routers-kmeans-small.json").read_text())
     assert [x["conditioning"] for x in rows] == ["class", "none"]
     assert rows[0]["accuracy_vs_t_no_class"] is not None and rows[1]["accuracy_vs_t_no_class"] is None
+
+
+def test_report_tables_verdicts_and_plots_from_scored_rows(tmp_path, monkeypatch):
+    """The table, the paired verdicts and the plots from synthetic scored rows (no training)."""
+    import quality_report
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(3000, 8))
+    monkeypatch.setattr(quality_report, "real_features", lambda name: real)
+    work = tmp_path / "work"
+    rows = []
+
+    def row(arm, strategy, shift, step=None, gflops=4.25):
+        run = f"bq-{arm}-abc"
+        (work / run).mkdir(parents=True, exist_ok=True)
+        name = strategy.replace(" ", "-").replace("@", "at")
+        feats = rng.normal(shift, 1.0, size=(500, 8))
+        np.save(work / run / f"{name}.feats.npy", feats)
+        np.save(work / run / f"{name}.npy", np.zeros((10, 1, 28, 28), np.uint8))
+        ci = fid_interval(feats, real, b=50)
+        rows.append({"arm": arm, "run": run, "strategy": strategy, "step": step, "train_steps": 600, "channels": 1,
+                     "gflops_per_image": gflops, "n": 500, "fid": ci["fid"], "fid_lo": ci["lo"], "fid_hi": ci["hi"],
+                     "class_accuracy": 0.8, "precision": 0.9, "recall": 0.2, "reference": "fashion-mnist",
+                     "classifier_test_accuracy": 0.91})
+
+    row("monolith", "- @ step 200", 1.0, step=200, gflops=4.17)
+    row("monolith", "-", 0.3, gflops=4.17)
+    row("kmeans8", "top1 @ step 200", 0.9, step=200)
+    row("kmeans8", "top1", 0.1)            # clearly ahead of the monolith
+    row("kmeans8", "full", 0.3, gflops=33.5)
+    row("fmnist-png", "top1", 0.1)
+    row("kmeans", "top1", 0.1)             # the PNG path ties with the idx path
+    flops = {"monolith": (3.88e13, 0.0), "kmeans8": (3.84e13, 4.0e11), "kmeans": (3.84e13, 4.0e11),
+             "fmnist-png": (3.84e13, 4.0e11)}
+    out = tmp_path / "out"
+    out.mkdir()
+    quality_report.write_all(out, work, rows, flops, {"kmeans8": 600.0}, size="default", command="python bench/quality.py",
+                             total_s=60.0, load_start=["1.0", "1.0", "1.0"], inception=False)
+    text = (out / "table.md").read_text()
+    assert "| K=8 experts, k-means top1 | monolith (all data) |" in text
+    verdicts = {(v["a"], v["b"]): v["word"] for v in json.loads((out / "scores.json").read_text())["verdicts"]}
+    assert verdicts[("K=8 experts, k-means top1", "monolith (all data)")] == "ahead"
+    assert verdicts[("K=4 k-means, Fashion-MNIST as PNG folder top1", "K=4 experts, k-means top1")] == "tie"
+    assert "| K=8 experts, k-means | top1 |" in text and "1.019 |" in text  # x monolith sampling cost
+    # the curve's x-axis: the experts' FLOPs so far + the whole router's
+    assert "| K=8 experts, k-means | 200 | 1.320e+13 |" in text and "| K=8 experts, k-means | 600 | 3.880e+13 |" in text
+    assert (out / "fid_vs_flops.png").stat().st_size > 0 and (out / "grids.png").stat().st_size > 0
