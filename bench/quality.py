@@ -161,10 +161,10 @@ def variants(arm: str, job: spec.JobSpec, experts_alone: bool = False) -> list[t
     tr = job.spec.experts.training
     snaps = [s for s in range(tr.snapshot_every, tr.steps, tr.snapshot_every)] if tr.snapshot_every else []
     if job.spec.num_experts == 1:
-        return [(f"- @ step {s}", "top1", None, s) for s in snaps] + [("-", "top1", None, None)]
+        return [("-", "top1", None, None)] + [(f"- @ step {s}", "top1", None, s) for s in snaps]
     alone = [(f"expert {k} alone", "top1", k, None) for k in range(job.spec.num_experts)] if experts_alone else []
-    return ([(f"top1 @ step {s}", "top1", None, s) for s in snaps]
-            + [(s, s, None, None) for s in job.spec.sample.strategies] + alone)
+    return ([(s, s, None, None) for s in job.spec.sample.strategies]  # the final models first: the verdicts
+            + [(f"top1 @ step {s}", "top1", None, s) for s in snaps] + alone)
 
 
 def run_tag(job: spec.JobSpec) -> str:

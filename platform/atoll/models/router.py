@@ -36,7 +36,6 @@ ROUTER_SIZES: dict[str, dict] = {
     "Router-B": dict(depth=4, hidden_size=256, patch_size=4, num_heads=4, resolution=None),
     "Router-XS@16": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2, resolution=16),
     "Router-S@16": dict(depth=3, hidden_size=128, patch_size=4, num_heads=4, resolution=16),
-    "Router-B@16": dict(depth=4, hidden_size=256, patch_size=2, num_heads=4, resolution=16),
 }
 
 
