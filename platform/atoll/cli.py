@@ -37,12 +37,31 @@ def validate(job: Path = JobArg, show: bool = typer.Option(False, "--show", help
     spec = _load(job)
     console().print(f"[green]ok[/green] {job}: job {spec.name!r}, {spec.spec.num_experts} expert(s), "
                     f"islands target {spec.spec.islands.target!r}")
+    from atoll.planning import router_warning
+
+    if warning := router_warning(spec):
+        console().print(f"[yellow]warning:[/yellow] {warning}")
     if show:
         import yaml
 
         from atoll.spec import dump
 
         typer.echo(yaml.safe_dump(dump(spec), sort_keys=False))
+
+
+@app.command()
+def plan(job: Path = JobArg, as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         store: Optional[str] = typer.Option(None, "--store", help="Read the data shape from this store's run.")):
+    """Before anything runs: parameters, training FLOPs per island, sampling cost per strategy, memory per worker."""
+    from atoll.planning import plan as make_plan
+    from atoll.planning_view import committed_data_manifest, render
+
+    spec = _load(job)
+    p = make_plan(spec, committed_data_manifest(spec, store))
+    if as_json:
+        typer.echo(json.dumps(p, indent=2))
+    else:
+        console().print(render(p))
 
 
 @app.command()

@@ -32,7 +32,7 @@ def test_dit_flops_match_counter(cfg):
     assert analytic == pytest.approx(counted, rel=0.03)
 
 
-@pytest.mark.parametrize("size", ["Router-XS", "Router-B"])
+@pytest.mark.parametrize("size", ["Router-XS", "Router-B", "Router-XS@16", "Router-S@16"])
 def test_router_flops_match_counter(size):
     cfg = RouterConfig(size, 28, 1, 4)
     counted = _counted(cfg.build(), torch.randn(2, 1, 28, 28), torch.rand(2)) / 2

@@ -59,3 +59,31 @@ def test_learns_separable_clusters():
         after = F.cross_entropy(router(xe, te), ke).item()
     assert before == pytest.approx(torch.log(torch.tensor(K * 1.0)).item(), abs=0.1)
     assert after < 0.5 * before, (before, after)
+
+
+def test_low_resolution_router_sees_an_area_average_and_few_tokens():
+    """``@16`` sizes: x_t is area-averaged to 16x16 before the patch embedding (16 tokens at patch 4)."""
+    cfg = RouterConfig("Router-XS@16", 28, 1, num_experts=4, num_classes=10)
+    assert (cfg.resolution, cfg.num_tokens) == (16, 16)
+    r = cfg.build().eval()
+    x, t, y = torch.randn(3, 1, 28, 28), torch.rand(3), torch.tensor([1, 2, 3])
+    seen = {}
+    r.x_embedder.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0], tokens=out.shape[1]))
+    r(x, t, y)
+    torch.testing.assert_close(seen["x"], F.adaptive_avg_pool2d(x, 16))
+    assert seen["tokens"] == 16
+    # images at or below the resolution are seen whole; sides that are not a multiple of the patch shrink to one
+    assert RouterConfig("Router-XS@16", 16, 1, 2).resolution == 16
+    assert RouterConfig("Router-XS@16", 14, 1, 2).resolution == 12
+    assert RouterConfig("Router-XS@16", 8, 3, 2).num_tokens == 4
+    assert RouterConfig("Router-XS", 28, 1, 2).resolution == 28
+    with pytest.raises(ValueError, match="Router-XS@16"):
+        RouterConfig("Router-XS", 30, 1, 2)
+
+
+def test_low_resolution_router_cost_does_not_grow_with_the_image():
+    from atoll.models.flops import router_forward_flops
+
+    small, big = RouterConfig("Router-S@16", 32, 4, 8), RouterConfig("Router-S@16", 256, 4, 8)
+    assert router_forward_flops(big) == pytest.approx(router_forward_flops(small), rel=1e-3)
+    assert router_forward_flops(RouterConfig("Router-S", 64, 4, 8)) > 10 * router_forward_flops(small)

@@ -57,9 +57,10 @@ def video_dit_forward_flops(config) -> int:
 
 
 def router_forward_flops(config: RouterConfig) -> int:
-    """FLOPs of ``Router.forward`` for one sample."""
+    """FLOPs of ``Router.forward`` for one sample (on its ``resolution``: the area average down to it is
+    O(pixels) adds, not counted)."""
     d, p, C = config.dims["hidden_size"], config.dims["patch_size"], config.in_channels
-    n = (config.input_size // p) ** 2
+    n = config.num_tokens
     total = _mm(n, d, C * p * p) + _mm(1, d, FREQ_DIM) + _mm(1, d, d)
     total += config.dims["depth"] * _block(n, d, int(d * config.mlp_ratio))
     return total + _mm(1, 2 * d, d) + _mm(1, config.num_experts, d)

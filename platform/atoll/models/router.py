@@ -6,6 +6,13 @@ on ``t`` through adaLN, the tokens are mean-pooled, and an adaLN-modulated
 LayerNorm + linear head gives the logits. Trained with cross-entropy on
 (noised sample, its cluster id), its softmax estimates ``p(k | x_t, t)``.
 
+Cheap by design: a size may name a ``resolution``: x_t is area-averaged down to that side
+(``adaptive_avg_pool2d``) before the patch embedding, so the router sees a fixed number of
+tokens, ``(resolution / patch)^2``, whatever the image size, while an expert's cost grows with
+it. Averaging also removes noise: what decides a cluster (k-means on PCA features) is mostly
+low-frequency, and that is what survives high noise levels. ``docs/routing.md`` has the
+measurements behind the default (routing accuracy vs t, end quality, cost per step).
+
 Shapes: ``x_t [B, C, H, W]``, ``t [B]`` in [0, 1] -> logits ``[B, K]``. A video ``x_t
 [B, C, T, H, W]`` is routed on its frame mean (the router of a video run is trained on
 noised clips, so it learns from the same averaged input).
@@ -15,15 +22,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atoll.models.dit import DiTBlock, PatchEmbed, TimestepEmbedder, init_dit_weights, modulate, sincos_pos_embed_2d
 from atoll.models.config import DictConfig
 
+# resolution: the side x_t is area-averaged down to first (None: the full image). "@16" sizes see at
+# most 16x16 pixels, i.e. a fixed token count at any image size.
 ROUTER_SIZES: dict[str, dict] = {
-    "Router-XS": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2),
-    "Router-S": dict(depth=3, hidden_size=128, patch_size=4, num_heads=4),
-    "Router-B": dict(depth=4, hidden_size=256, patch_size=4, num_heads=4),
+    "Router-XS": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2, resolution=None),
+    "Router-S": dict(depth=3, hidden_size=128, patch_size=4, num_heads=4, resolution=None),
+    "Router-B": dict(depth=4, hidden_size=256, patch_size=4, num_heads=4, resolution=None),
+    "Router-XS@16": dict(depth=2, hidden_size=64, patch_size=4, num_heads=2, resolution=16),
+    "Router-S@16": dict(depth=3, hidden_size=128, patch_size=4, num_heads=4, resolution=16),
 }
 
 
@@ -42,9 +54,11 @@ class RouterConfig(DictConfig):
         if self.size not in ROUTER_SIZES:
             raise ValueError(f"RouterConfig.size {self.size!r} is unknown; use one of {', '.join(ROUTER_SIZES)}")
         p = ROUTER_SIZES[self.size]["patch_size"]
-        if self.input_size < p or self.input_size % p:
+        pooled = self.resolution < self.input_size
+        if self.input_size < p or (not pooled and self.input_size % p):
             raise ValueError(f"RouterConfig.input_size {self.input_size} must be a multiple of the patch size {p} "
-                             f"of {self.size}; resize the images")
+                             f"of {self.size}; resize the images or use a router size with a resolution (e.g. "
+                             f"Router-XS@16)")
         if self.in_channels < 1:
             raise ValueError(f"RouterConfig.in_channels must be >= 1, got {self.in_channels}")
         if self.num_experts < 1:
@@ -53,6 +67,20 @@ class RouterConfig(DictConfig):
     @property
     def dims(self) -> dict:
         return ROUTER_SIZES[self.size]
+
+    @property
+    def resolution(self) -> int:
+        """The side of the image the router's patch embedding sees: the input itself for a full-resolution
+        size; else the size's ``resolution``, or the largest multiple of the patch size below the input
+        when that is smaller."""
+        res, p = self.dims.get("resolution"), self.dims["patch_size"]
+        if res is None:
+            return self.input_size
+        return min(res, self.input_size // p * p)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.resolution // self.dims["patch_size"]) ** 2
 
     def build(self) -> "Router":
         return Router(self)
@@ -74,7 +102,7 @@ class Router(nn.Module):
         self.x_embedder = PatchEmbed(config.in_channels, D, p)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = nn.Embedding(config.num_classes + 1, D) if config.num_classes > 0 else None
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, config.input_size // p)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, config.resolution // p)[None], persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(D, d["num_heads"], config.mlp_ratio) for _ in range(d["depth"]))
         self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
@@ -99,6 +127,8 @@ class Router(nn.Module):
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"t must have shape [{B}] (one time per image), got {list(t.shape)}")
+        if cfg.resolution < cfg.input_size:  # area average down to the router's resolution
+            x_t = F.adaptive_avg_pool2d(x_t, cfg.resolution)
         h = self.x_embedder(x_t) + self.pos_embed.to(x_t.dtype)
         c = self.t_embedder(t)
         if self.y_embedder is not None:

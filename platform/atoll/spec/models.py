@@ -326,7 +326,13 @@ class ExpertsSpec(Base):
 
 
 class RouterSpec(Base):
-    model: str = Field("Router-S", description="A named router size (see atoll.models.router).")
+    model: str = Field("Router-XS@16", description=(
+        "A named router size (atoll.models.router.ROUTER_SIZES); '@16' sizes see x_t area-averaged to 16x16, "
+        "so their cost per step stays small next to any expert (docs/routing.md)."))
+    conditioning: Literal["auto", "class", "none"] = Field("auto", description=(
+        "What the router sees besides x_t and t. class: r(x_t, t, y), routing a class to the experts that "
+        "saw it (needs class-conditional experts); none: the DDM paper's r(x_t, t); auto: class when the "
+        "experts are class-conditional, else none."))
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(steps=500, batch_size=128, lr=1e-3,
                                                                       class_dropout=0.1, ema_decay=0.0))
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
@@ -335,6 +341,10 @@ class RouterSpec(Base):
     def _batch(self):
         check_batch_split(self.training, self.scaling)
         return self
+
+    def sees_class(self, experts: "ExpertsSpec") -> bool:
+        """Whether the router is class-conditional, r(x_t, t, y), next to these experts."""
+        return self.conditioning == "class" or (self.conditioning == "auto" and experts.conditioning == "class")
 
 
 # -- islands ------------------------------------------------------------------------
@@ -531,6 +541,10 @@ class JobSpecBody(Base):
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
         self._check_video()
         self._check_strategies()
+        if self.router.conditioning == "class" and self.experts.conditioning != "class":
+            raise FieldError("router.conditioning", f"router.conditioning 'class' needs class-conditional experts, "
+                             f"but experts.conditioning is {self.experts.conditioning!r}; use router.conditioning: "
+                             "none (or auto)")
         for i, isl in enumerate(self.islands.islands):
             bad = [e for e in (isl.experts or []) if not 0 <= e < self.num_experts]
             if bad:

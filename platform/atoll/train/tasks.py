@@ -229,8 +229,8 @@ class RouterTask(Task):
 
     def load(self, run: Store) -> None:
         super().load(run)
-        if self.job.spec.experts.conditioning != "class":
-            self.num_classes = 0  # route on the class too only when experts are class-conditional: p(k | x_t, y)
+        if not self.job.spec.router.sees_class(self.job.spec.experts):
+            self.num_classes = 0  # route on the class too (p(k | x_t, y)) only where router.conditioning says so
 
     @property
     def classes(self) -> bool | None:
