@@ -6,7 +6,7 @@
 
 Builds its own runs in a temporary store, random weights saved through the real ``save_pretrained``
 (serving speed does not depend on training): the quickstart shapes (K=4 DiT-XXS/4 experts, a
-class-conditional Router-S, 28x28x1, 10 classes) and one bigger model (``--big``, K=4). For each
+class-conditional Router-XS@16, 28x28x1, 10 classes) and one bigger model (``--big``, K=4). For each
 run: the in-process sampler (n=1, one caller), then each serve mode's HTTP app on 127.0.0.1 at
 every concurrency level (bounded request counts and time): p50/p95 latency, images/s, errors,
 and the scheduler's own counters (mean rows per expert forward, rows per tick). Every request is
@@ -57,7 +57,7 @@ def build_run(root: str, name: str, size: str, k: int, image: int = 28) -> str:
           data: {{source: {{type: fashion-mnist}}}}
           partition: {{k: {k}}}
           experts: {{model: {size}}}
-          router: {{model: Router-S}}
+          router: {{model: Router-XS@16}}
         """))
     run = open_store(root).sub(name)
     run.put_json("job.json", {"spec": job.model_dump(mode="json", by_alias=True)})
@@ -74,7 +74,7 @@ def build_run(root: str, name: str, size: str, k: int, image: int = 28) -> str:
         save_pretrained(randomised(DiTConfig(size, image, 1, num_classes=len(CLASSES)).build()), run,
                         f"experts/{i:03d}/model")
         run.commit(f"experts/{i:03d}", {"name": f"expert-{i:03d}"})
-    router = RouterConfig("Router-S", image, 1, num_experts=k, num_classes=len(CLASSES)).build()
+    router = RouterConfig("Router-XS@16", image, 1, num_experts=k, num_classes=len(CLASSES)).build()
     save_pretrained(randomised(router), run, "router/model")
     run.commit("router", {"name": "router"})
     return run.uri
