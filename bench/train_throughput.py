@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -82,8 +83,7 @@ def _bare_worker(job_dict: dict, threads: int, warmup: int, steps: int, port: in
     task = ExpertTask(job, 0)
     tr = task.training
     size = 28 if job.spec.data.source.type == "fashion-mnist" else 8
-    task.images = torch.zeros(1, 1, size, size, dtype=torch.uint8)
-    task.num_classes = 10
+    task.sample_shape, task.num_classes = (1, size, size), 10  # what task.load() reads from the shards
     torch.manual_seed(0)
     engine = dse.initialize(task.build_model(), tr, 1, False)
     g = torch.Generator().manual_seed(0)
@@ -116,7 +116,14 @@ def bare(job, procs: int, threads: int, warmup: int, steps: int) -> dict:
           for _ in range(procs)]
     for p in ps:
         p.start()
-    res = [out.get(timeout=1800) for _ in ps]
+    res = []
+    while len(res) < procs:  # a worker that dies is an error here, not a 30-minute wait
+        try:
+            res.append(out.get(timeout=5))
+        except queue.Empty:
+            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a bare-step worker exited with {dead[0]} (its traceback is above)") from None
     for p in ps:
         p.join()
     return {"samples_s": sum(n / w for n, w, _ in res), "per_cpu_s": sum(n for n, _, _ in res) / sum(c for *_, c in res)}
