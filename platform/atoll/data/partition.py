@@ -98,7 +98,21 @@ def _fit_state(spec, ref, shards_args, starts, n, clips, on_corrupt) -> dict:
         return {"type": np.array("pca"), **fit_pca_rows(np.concatenate(parts), f.dims, spec.seed)}
     if f.type == "minilm":
         return {"type": np.array("minilm")}
+    if f.type in ("dinov2", "clip"):
+        from atoll.data.features import pretrained_state
+
+        return pretrained_state(f)
     return {"type": np.array("torchscript"), "path": np.array(f.path), "batch_size": np.array(f.batch_size)}
+
+
+def _task_device(f) -> tuple[str | None, float]:
+    """(device inside each features task, GPUs each task asks Ray for): an image encoder runs on the
+    GPU Ray gives the task when ``features.device`` resolves to one here, else on the CPU."""
+    if f.type not in ("dinov2", "clip"):
+        return None, 0
+    from atoll.devices import for_stage
+
+    return ("cuda:0", 1) if for_stage(f.device).is_cuda else ("cpu", 0)
 
 
 def _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped) -> tuple[list[dict], dict]:
@@ -118,13 +132,14 @@ def _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped) -> tuple[list
     fit = None if everything else _rows_by_shard(
         np.sort(np.random.default_rng([spec.seed, 2]).choice(n, FINE_FIT_SAMPLES, replace=False)), starts)
     feats, counts = {}, {}
+    device, gpus = _task_device(spec.features)
 
     def got(i, res):
         feats[i], counts[i] = res["fit"], res["count"]
         skipped.add(res)
 
     map_tasks(pt.features, [(ref, DATA, s, state, None if fit is None else fit[s], clips, on_corrupt,
-                             compute_threads()) for s in shards],
+                             compute_threads(), device) for s in shards], num_gpus=gpus,
               desc=f"partition: {spec.features.type} features", on_result=got, samples_of=lambda r: r["count"])
     x = np.concatenate([f for f in (feats.pop(s) for s in shards) if len(f)])
     with threadpool_limits(compute_threads()):

@@ -98,7 +98,7 @@ def pca_rows(ref: StoreRef, prefix: str, s: int, rows: list[int], clips: bool, o
 
 
 def features(ref: StoreRef, prefix: str, s: int, state: dict, fit_rows: list[int] | None, clips: bool,
-             on_corrupt: str, threads: int) -> dict:
+             on_corrupt: str, threads: int, device: str | None = None) -> dict:
     """Features of every readable sample of shard ``s`` -> ``work/features-s.npz``; returns the
     features of the fine-k-means sample's rows (``None``: all rows), the count, what was skipped."""
     from threadpoolctl import threadpool_limits
@@ -108,7 +108,8 @@ def features(ref: StoreRef, prefix: str, s: int, state: dict, fit_rows: list[int
     sh = Shard(ref, prefix, s, on_corrupt)
     ids, images, _, caps = sh.decoded()
     with threadpool_limits(threads):
-        feats = embed(state, images=_pooled(images, clips), captions=caps) if len(ids) else np.zeros((0, 1), np.float32)
+        feats = embed(state, images=_pooled(images, clips), captions=caps, s3=ref.s3, device=device) \
+            if len(ids) else np.zeros((0, 1), np.float32)
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     sh.run.put_bytes(features_key(s), _npz(features=feats, rows=ids))
     keep = np.ones(len(ids), bool) if fit_rows is None else np.isin(ids, np.asarray(fit_rows, np.int64))

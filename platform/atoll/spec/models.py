@@ -199,7 +199,16 @@ class TorchScriptFeatures(Base):
     batch_size: int = Field(256, ge=1)
 
 
-Features = Annotated[Union[PcaFeatures, MiniLMFeatures, TorchScriptFeatures], Field(discriminator="type")]
+class PretrainedFeatures(Base):
+    type: Literal["dinov2", "clip"]
+    path: str = Field(description="A Dinov2Model / CLIPVisionModel folder saved with save_pretrained, or its "
+                                  "store URI (file:// or s3://); features are its mean-pooled patch tokens.")
+    batch_size: int = Field(64, ge=1)
+    device: str = Field("auto", description="auto (the first GPU when there is one), cpu, cuda or cuda:N.")
+
+
+Features = Annotated[Union[PcaFeatures, MiniLMFeatures, TorchScriptFeatures, PretrainedFeatures],
+                     Field(discriminator="type")]
 
 
 class PartitionSpec(Base):
