@@ -226,6 +226,22 @@ class PartitionSpec(Base):
         return self
 
 
+# -- latents ----------------------------------------------------------------------
+class LatentsSpec(Base):
+    enabled: bool = Field(False, description="Train the experts and the router on VAE latents (the encode stage).")
+    vae: str = Field("", description="An AutoencoderKL folder saved with save_pretrained (e.g. SD-VAE), or its "
+                                     "store URI (file:// or s3://); never downloaded from a hub.")
+    batch_size: int = Field(32, ge=1, description="Images per VAE forward pass in the encode stage.")
+    device: str = Field("auto", description="auto (the first GPU when there is one), cpu, cuda or cuda:N.")
+
+    @model_validator(mode="after")
+    def _vae(self):
+        if self.enabled and not self.vae:
+            raise FieldError("vae", "latents.enabled needs latents.vae: the folder of an AutoencoderKL "
+                                    "(save_pretrained) or its s3:// URI")
+        return self
+
+
 # -- training ---------------------------------------------------------------------
 class ScalingSpec(Base):
     """Ray Train scaling of one island (one expert's training run)."""
@@ -530,6 +546,7 @@ class JobSpecBody(Base):
     store: StoreSpec = Field(default_factory=StoreSpec)
     data: DataSpec
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    latents: LatentsSpec = Field(default_factory=LatentsSpec)
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
     islands: IslandsSpec = Field(default_factory=IslandsSpec)
@@ -549,6 +566,9 @@ class JobSpecBody(Base):
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
         self._check_video()
+        if self.latents.enabled and self.is_video:
+            raise FieldError("latents.enabled", "latent space is for image experts; video experts train on "
+                             "pixels: set latents.enabled: false")
         self._check_strategies()
         if self.router.conditioning == "class" and self.experts.conditioning != "class":
             raise FieldError("router.conditioning", f"router.conditioning 'class' needs class-conditional experts, "

@@ -75,6 +75,14 @@ class Task:
         self._loaders: dict[tuple[int, int, int], object] = {}
         m = run.manifest("data") or {}
         self.num_classes = int(m.get("num_classes") or self.col.artifact_meta("num_classes", 0) or 0)
+        lat = run.manifest("latents") if self.job.spec.latents.enabled else None
+        if self.job.spec.latents.enabled and lat is None:
+            from atoll.data.errors import DataError
+
+            raise DataError(f"{self.name}: latents.enabled but {run.url('latents')} is not committed; run the "
+                            "encode stage (`atoll run`, or `--from encode`)")
+        #: latent space: (scaling_factor, shift_factor) of the VAE; the model sees (z - shift) * scale
+        self.latent_scaling = (lat["vae"]["scaling_factor"], lat["vae"]["shift_factor"]) if lat else None
 
     def num_samples(self) -> int:
         return self.col.n
@@ -114,7 +122,14 @@ class Task:
         return out
 
     def x0(self, x: np.ndarray) -> torch.Tensor:
-        return to_unit(x)
+        return self.scaled(to_unit(x))
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents in the model's space, ``(z - shift_factor) * scaling_factor``; images as they are."""
+        if getattr(self, "latent_scaling", None) is None:
+            return x
+        scale, shift = self.latent_scaling
+        return (x - shift) * scale
 
 
 def peak_rss_mb() -> float:
@@ -156,7 +171,9 @@ class ExpertTask(Task):
 
     @property
     def data_prefix(self) -> str:
-        return "data" if self.job.spec.experts.mode == "monolith" else partition_dir(self.k)
+        if self.job.spec.experts.mode == "monolith":
+            return "latents" if self.job.spec.latents.enabled else "data"
+        return partition_dir(self.k)
 
     def prefixes(self) -> list[str]:
         return [self.data_prefix]
@@ -243,7 +260,7 @@ class RouterTask(Task):
             from atoll.data.sources.moving_clips import clips_tensor
 
             x = clips_tensor(x)
-        return to_unit(x)
+        return self.scaled(to_unit(x))
 
     def make_batch(self, part, device) -> Batch:
         c = torch.from_numpy(part.label).to(device) if self.num_classes else None
