@@ -69,7 +69,7 @@ def measure(name: str, size: int, n: int, batch: int, threads: int, device: str,
     wall = time.perf_counter() - t0
     return {"vae": name, "encoder params": f"{params / 1e6:.2f} M", "images": f"{size}x{size}",
             "latents": "x".join(map(str, z.shape[1:])), "n": n, "batch": batch, "threads": threads,
-            "device": str(placement.device), "s": f"{wall:.2f}", "images/s": f"{n / wall:.1f}"}
+            "device": str(placement.device), "s": f"{wall:.2f}", "images/s": f"{n / wall:.3g}"}
 
 
 def table(rows: list[dict]) -> str:
