@@ -81,8 +81,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="tiny:32,sd:64,sd:256", help="NAME:SIZE,... (names: tiny, sd)")
-    ap.add_argument("--n", type=int, default=16, help="images per config (sd:256 uses n/4, at least 2)")
+    ap.add_argument("--configs", default="tiny:32:512,sd:64:16,sd:256:4",
+                    help="NAME:SIZE:N,... (names: tiny, sd; N images)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", default=str(min(2, os.cpu_count() or 1)), help="torch threads, e.g. 1,2")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -92,13 +92,18 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for item in a.configs.split(","):
-            name, size = item.split(":")
-            n = a.n if int(size) < 256 else max(2, a.n // 4)
+            name, size, n = item.split(":")
+            n = int(n)
             for th in (int(t) for t in a.threads.split(",")):
                 rows.append(measure(name, int(size), n, min(a.batch, n), th, a.device, Path(tmp)))
                 print(rows[-1], flush=True)
+    load = max(float(u.split("load average:")[1].split(",")[0]) for u in (before, _uptime()) if "load average:" in u)
+    note = (f"\n\nThe 1-minute load average reached {load:.1f} on {os.cpu_count()} cores: the machine was shared, "
+            "so these numbers (above all the 2-thread rows) are lower bounds." if load > 3 else "")
     text = (f"# Encode throughput (atoll.data.vae.Vae.encode)\n\nMachine: {_machine()}\n\n"
-            f"Load before: `{before}`\n\nLoad after: `{_uptime()}`\n\n{table(rows)}\n")
+            f"Load before: `{before}`\n\nLoad after: `{_uptime()}`{note}\n\n"
+            f"Command: `python bench/encode.py --configs {a.configs} --threads {a.threads} --device {a.device}`\n\n"
+            f"{table(rows)}\n")
     print(text)
     if a.out:
         Path(a.out).write_text(text)

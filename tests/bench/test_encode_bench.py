@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_encode_bench_at_a_tiny_size(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "encode.md"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "encode.py"), "--configs", "tiny:16", "--n", "4",
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "encode.py"), "--configs", "tiny:16:4",
                         "--batch", "2", "--threads", "1", "--out", str(out)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
