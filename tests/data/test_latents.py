@@ -125,3 +125,21 @@ def test_encode_stage_then_partition_on_latents(ray_local, vaes, file_store):
         assert run.manifest(e["prefix"])["latents"]["sha256"] == m["vae"]["sha256"]
         for r in ecol.rows(0, 0, min(4, ecol.shards[0][2]["count"])):
             assert np.array_equal(model_array(r)[0], by_key[r["__key__"]])
+
+
+def test_a_vae_from_an_s3_uri_is_the_same_vae(vaes, s3_store, tmp_path, monkeypatch):
+    from atoll.data.vae import Vae
+    from atoll.devices import for_stage
+
+    monkeypatch.setenv("ATOLL_MODEL_CACHE", str(tmp_path / "cache"))
+    folder = s3_store.sub("models/vae")
+    for p in sorted(vaes[0].iterdir()):
+        folder.put_file(p.name, p)
+    remote = Vae.load(folder.url(), for_stage("cpu"), s3_store.config)
+    local = Vae.load(str(vaes[0]), for_stage("cpu"))
+    assert remote.sha256 == local.sha256 and remote.path == folder.url()
+    assert any((tmp_path / "cache").iterdir())  # downloaded once into the model cache
+    images = np.random.default_rng(1).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    assert np.array_equal(remote.encode(images, 3), local.encode(images, 3))
+    with pytest.raises(DataError, match=r"latents\.vae: .*holds no files"):
+        Vae.load(s3_store.sub("models/none").url(), for_stage("cpu"), s3_store.config)
