@@ -143,3 +143,45 @@ def test_a_vae_from_an_s3_uri_is_the_same_vae(vaes, s3_store, tmp_path, monkeypa
     assert np.array_equal(remote.encode(images, 3), local.encode(images, 3))
     with pytest.raises(DataError, match=r"latents\.vae: .*holds no files"):
         Vae.load(s3_store.sub("models/none").url(), for_stage("cpu"), s3_store.config)
+
+
+@pytest.mark.slow
+def test_posterior_sample_keeps_the_log_variance_and_training_draws_from_it(ray_local, vaes, file_store):
+    import torch
+
+    from atoll.data.encode import run_encode
+    from atoll.train.registry import make_task
+
+    run = file_store.sub("post")
+    commit_digits_data(run, n=120, shard=64)
+    j = latent_job("post", vaes[0], partition={"k": 2, "fineClusters": 8},
+                   latents={"enabled": True, "vae": str(vaes[0]), "posterior": "sample"})
+    m = run_encode(j, run)
+    assert m["moments"] is True and m["image_shape"] == [4, 4, 4]
+    images = load_arrays(run, "data").images[:3]
+    model = diffusers.AutoencoderKL.from_pretrained(str(vaes[0]), local_files_only=True).eval()
+    with torch.no_grad():
+        dist = model.encode((torch.from_numpy(images).float() / 127.5 - 1).expand(-1, 3, -1, -1)).latent_dist
+    stored = np.stack([model_array(r)[0] for r in Collection(run, ["latents"]).rows(0, 0, 3)])
+    assert stored.shape == (3, 8, 4, 4)
+    assert np.allclose(stored[:, :4], dist.mean.numpy(), atol=1e-6) and np.allclose(stored[:, 4:], dist.logvar.numpy(), atol=1e-5)
+    run_partition(j, run)
+    task = make_task(j, "expert", 0)
+    task.load(run)
+    assert task.model_config().in_channels == 4  # the model sees c channels, not the stored 2c
+    x0 = task.x0(stored)
+    mean, logvar = torch.from_numpy(stored[:, :4]), torch.from_numpy(stored[:, 4:])
+    assert torch.allclose(task.posterior(x0, None), (mean - 0.1) * 0.5)  # no generator: the mean
+    g = torch.Generator().manual_seed(7)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
+    drawn = task.posterior(x0, g)
+    assert torch.allclose(drawn, (mean + torch.exp(0.5 * logvar) * eps - 0.1) * 0.5, atol=1e-6)
+    assert not torch.allclose(drawn, task.posterior(x0, None))
+    # a training loss of the expert and of the router on the drawn latents
+    for t in (task, make_task(j, "router", None)):
+        if t is not task:
+            t.load(run)
+        b = t.make_batch(t.loader(0, 1).batch(0, 4), "cpu")
+        assert b.x0.shape == (4, 8, 4, 4)
+        loss = t.loss(t.build_model(), b, torch.Generator().manual_seed(0), torch.float32)
+        assert torch.isfinite(loss) and loss.requires_grad

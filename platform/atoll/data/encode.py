@@ -1,6 +1,7 @@
 """The encode stage: ``run/data`` -> VAE latents at ``run/latents/`` (``latents.enabled``), Ray tasks per shard.
 
-Shard ``s`` of ``latents/`` holds the latent mean (float32 ``[c, h, w]``, ``KEY.npy``) of every
+Shard ``s`` of ``latents/`` holds the latent mean (float32 ``[c, h, w]``, ``KEY.npy``; with
+``latents.posterior: sample`` the mean and log-variance ``[2c, h, w]``) of every
 readable sample of data shard ``s``, with the same key, label and caption, in the same order.
 The manifest, committed last, records the VAE (path, sha256 of its config and weights,
 ``scaling_factor``, ``shift_factor``) and the latent shape; the partition then writes the
@@ -41,7 +42,7 @@ def encode_shard(ref: StoreRef, s: int, spec, device: str, threads: int, on_corr
     sh = Shard(ref, DATA, s, on_corrupt)
     ids, images, labels, caps = sh.decoded()
     vae = Vae.load(spec.vae, for_stage(device), ref.s3)
-    z = vae.encode(images, spec.batch_size)
+    z = vae.encode(images, spec.batch_size, moments=spec.posterior == "sample")
     keys = [sh.raws[int(r)]["__key__"] for r in ids]
     records = []
     for i, key in enumerate(keys):
@@ -84,8 +85,9 @@ def run_encode(job, run: Store) -> dict:
     existing = run.manifest(LATENTS)
     if existing is not None:
         vae.check_same(existing["vae"], run.url(LATENTS))
+    moments = spec.posterior == "sample"
     digest = spec_hash({"data": data_m["spec_hash"], "shards": [s["sha256"] for s in data_m["shards"]],
-                        "vae": vae.sha256})
+                        "vae": vae.sha256, **({"moments": True} if moments else {})})
     done = check_resume(run, LATENTS, digest, "encode")
     if done is not None:
         return done
@@ -104,7 +106,7 @@ def run_encode(job, run: Store) -> dict:
     from atoll.data.shards import commit_shards
 
     return commit_shards(run, LATENTS, shards, kind=KIND, spec_hash=digest, vae=vae.describe(),
-                         image_shape=latent_shape, data_image_shape=list(data_m["image_shape"]),
+                         image_shape=latent_shape, moments=moments, data_image_shape=list(data_m["image_shape"]),
                          num_classes=data_m["num_classes"], class_names=data_m.get("class_names"),
                          captions=sum(e["captions"] for e in shards), shard_size=data_m.get("shard_size"),
                          device=str(here.device))

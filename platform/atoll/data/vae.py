@@ -72,8 +72,9 @@ class Vae:
                             f"({self.downsample}); set data.imageSize to a multiple of {self.downsample}")
         return [self.latent_channels, h // self.downsample, w // self.downsample]
 
-    def encode(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """uint8 [N, C, H, W] (grey images repeated to the VAE's channels) -> latent mean float32 [N, c, h, w]."""
+    def encode(self, images: np.ndarray, batch_size: int, moments: bool = False) -> np.ndarray:
+        """uint8 [N, C, H, W] (grey images repeated to the VAE's channels) -> latent mean float32 [N, c, h, w];
+        ``moments``: the mean and the log-variance, concatenated on channels [N, 2c, h, w]."""
         import torch
 
         out, dev = [], self.placement.device
@@ -85,8 +86,11 @@ class Vae:
                         raise DataError(f"{FIELD}: the VAE takes {self.in_channels} channels, the images have "
                                         f"{x.shape[1]}; set data.source.channels to {self.in_channels}")
                     x = x.expand(-1, self.in_channels, -1, -1)
-                out.append(self.model.encode(x).latent_dist.mean.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.latent_channels, 1, 1), np.float32)
+                dist = self.model.encode(x).latent_dist
+                z = torch.cat([dist.mean, dist.logvar], dim=1) if moments else dist.mean
+                out.append(z.float().cpu().numpy())
+        c = self.latent_channels * (2 if moments else 1)
+        return np.concatenate(out) if out else np.zeros((0, c, 1, 1), np.float32)
 
     def to_model(self, z):
         return (z - self.shift_factor) * self.scaling_factor

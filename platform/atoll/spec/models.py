@@ -233,6 +233,9 @@ class LatentsSpec(Base):
                                      "store URI (file:// or s3://); never downloaded from a hub.")
     batch_size: int = Field(32, ge=1, description="Images per VAE forward pass in the encode stage.")
     device: str = Field("auto", description="auto (the first GPU when there is one), cpu, cuda or cuda:N.")
+    posterior: Literal["mean", "sample"] = Field("mean", description=(
+        "mean: the experts train on each image's latent mean; sample: the latents also keep the VAE's "
+        "log-variance and every training step draws z ~ N(mean, exp(logvar)), as LDM / DiT train."))
 
     @model_validator(mode="after")
     def _vae(self):
