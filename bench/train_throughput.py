@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -82,8 +83,7 @@ def _bare_worker(job_dict: dict, threads: int, warmup: int, steps: int, port: in
     task = ExpertTask(job, 0)
     tr = task.training
     size = 28 if job.spec.data.source.type == "fashion-mnist" else 8
-    task.images = torch.zeros(1, 1, size, size, dtype=torch.uint8)
-    task.num_classes = 10
+    task.sample_shape, task.num_classes = (1, size, size), 10  # what task.load() reads from the shards
     torch.manual_seed(0)
     engine = dse.initialize(task.build_model(), tr, 1, False)
     g = torch.Generator().manual_seed(0)
@@ -104,6 +104,19 @@ def _bare_worker(job_dict: dict, threads: int, warmup: int, steps: int, port: in
     out.put((steps * tr.batch_size, time.perf_counter() - t0, time.process_time() - c0))
 
 
+def _collect(out, ps: list) -> list:
+    """One result per process from ``out``; a process that dies first is an error, not a long wait."""
+    res = []
+    while len(res) < len(ps):
+        try:
+            res.append(out.get(timeout=5))
+        except queue.Empty:
+            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a measuring process exited with {dead[0]} (its traceback is above)") from None
+    return res
+
+
 def bare(job, procs: int, threads: int, warmup: int, steps: int) -> dict:
     """``procs`` concurrent bare-step processes of ``threads`` threads each: summed samples/s, samples per
     CPU-second."""
@@ -116,7 +129,7 @@ def bare(job, procs: int, threads: int, warmup: int, steps: int) -> dict:
           for _ in range(procs)]
     for p in ps:
         p.start()
-    res = [out.get(timeout=1800) for _ in ps]
+    res = _collect(out, ps)
     for p in ps:
         p.join()
     return {"samples_s": sum(n / w for n, w, _ in res), "per_cpu_s": sum(n for n, _, _ in res) / sum(c for *_, c in res)}
@@ -189,24 +202,32 @@ def _costs_worker(job_dict: dict, steps: int, port: int, out) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from atoll.models.ema import EMA
+    import numpy as np
+
+    from atoll.data.shards import commit_shards, write_samples_shard
     from atoll.spec import parse
     from atoll.store import open_store
     from atoll.train import checkpoints as ckpt
     from atoll.train import deepspeed_engine as dse
-    from atoll.train.tasks import ExpertTask
+    from atoll.train.ds_master import MasterWeights
+    from atoll.train.ema_shards import ShardedEMA
+    from atoll.train.tasks import ExpertTask, expert_dir, partition_dir
 
     job = parse(job_dict, "bench")
-    task = ExpertTask(job, 0)
     size = 28 if job.spec.data.source.type == "fashion-mnist" else 8
-    n = 20000
-    task.images = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
-    task.labels, task.num_classes = torch.randint(0, 10, (n,)), 10
-    model = task.build_model()
-    ema = EMA(model, task.training.ema_decay)
-    engine = dse.initialize(model, task.training, 1, False)
     tmp = tempfile.mkdtemp(prefix="atoll-costs-")
-    island, scratch = open_store(tmp).sub("experts/000"), ckpt.scratch_dir("costs")
+    run = open_store(tmp)
+    rng = np.random.default_rng(0)  # one real (streamed, indexed) shard artifact of random images
+    samples = [{"key": f"{i:06d}", "image": rng.integers(0, 256, (size, size, 1), dtype=np.uint8),
+                "label": int(rng.integers(0, 10))} for i in range(4096)]
+    commit_shards(run, partition_dir(0), [write_samples_shard(run, partition_dir(0), 0, samples)], num_classes=10)
+    task = ExpertTask(job, 0)
+    task.load(run)
+    task.num_classes = 10
+    torch.manual_seed(0)
+    engine = dse.initialize(task.build_model(), task.training, 1, False)
+    ema = ShardedEMA(MasterWeights(engine, task.training.zero_stage), task.training.ema_decay or 0.999)
+    island, scratch = run.sub(expert_dir(0)), ckpt.scratch_dir("costs")
     cpu = torch.device("cpu")
     acc = {"data batch": 0.0, "DeepSpeed step": 0.0, "EMA update": 0.0}
     for s in range(steps + 3):
@@ -217,7 +238,7 @@ def _costs_worker(job_dict: dict, steps: int, port: int, out) -> None:
         engine.backward(loss)
         engine.step()
         c2 = time.process_time()
-        ema.update(engine.module)
+        ema.update()
         c3 = time.process_time()
         if s >= 3:
             for k, v in zip(acc, (c1 - c0, c2 - c1, c3 - c2)):
@@ -227,7 +248,7 @@ def _costs_worker(job_dict: dict, steps: int, port: int, out) -> None:
     for i in range(20):
         island.put_json("progress.json", {"step": i, "loss": 0.1})
     c1 = time.process_time()
-    dse.save(engine, scratch, ckpt.tag(1), {"step": 1, "ema": ema.state_dict()})
+    dse.save(engine, scratch, ckpt.tag(1), {"step": 1, "ema": ema.full_state_dict(), "ema_updates": ema.num_updates})
     c2 = time.process_time()
     ckpt.upload_rank_files(island, scratch, 1, lambda name: dse.owned_by_rank(name, 0))
     ckpt.commit(island, 1, {})
@@ -244,7 +265,7 @@ def loop_costs(job, steps: int = 40) -> dict:
     out = ctx.Queue()
     p = ctx.Process(target=_costs_worker, args=(dump(job), steps, free_port(), out))
     p.start()
-    res = out.get(timeout=1800)
+    (res,) = _collect(out, [p])
     p.join()
     return res
 

@@ -49,9 +49,10 @@ def check_resume(run: Store, prefix: str, digest: str, stage: str) -> dict | Non
 
 def convert_shard(source, ref: StoreRef, prefix: str, index: int, start: int, stop: int) -> dict:
     """Runs in a Ray worker: samples ``start..stop-1`` of the (prepared, pickled) source -> one shard;
-    the entry also lists what the source skipped (``data.onCorrupt: skip``)."""
+    the entry also lists what the source skipped in this range (``data.onCorrupt: skip``)."""
+    before = len(getattr(source, "skipped", []))  # what prepare() skipped: the driver counts that once
     entry = write_samples_shard(ref.open(), prefix, index, source.read(start, stop))
-    return {**entry, "skipped": list(getattr(source, "skipped", []))}
+    return {**entry, "skipped": list(getattr(source, "skipped", []))[before:]}
 
 
 def run_data(job, run: Store) -> dict:
