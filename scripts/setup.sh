@@ -20,5 +20,5 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q torch==2.13.0 numpy
-$PIP install -q -c constraints.txt -e ".[test,text]"
+$PIP install -q -c constraints.txt -e ".[test,text,latents]"
 echo "atoll installed in $VENV"

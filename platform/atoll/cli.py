@@ -104,7 +104,7 @@ def status(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--stor
 
     spec = _load(job)
     run_store = pipeline.open_run(spec, store)
-    for stage in pipeline.STAGES:
+    for stage in pipeline.active_stages(spec):
         ok = pipeline.is_complete(run_store, spec, stage)
         console().print(f"{stage:10s} {'[green]complete[/green]' if ok else '[yellow]not complete[/yellow]'}")
     console().print(table(snapshot(run_store, expert_units(spec) + [router_unit()], {})))

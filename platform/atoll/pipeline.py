@@ -15,14 +15,19 @@ from atoll.run_store import open_run, s3_config
 from atoll.spec import JobSpec
 from atoll.store import S3Config, Store
 
-__all__ = ["STAGES", "PipelineError", "StageResult", "is_complete", "forget", "open_run", "run", "s3_config",
+__all__ = ["STAGES", "PipelineError", "active_stages", "StageResult", "is_complete", "forget", "open_run", "run", "s3_config",
            "stage_prefixes"]
 
-STAGES = ("data", "partition", "experts", "router", "samples", "report")
+STAGES = ("data", "encode", "partition", "experts", "router", "samples", "report")
 
 
 class PipelineError(RuntimeError):
     pass
+
+
+def active_stages(job: JobSpec) -> tuple[str, ...]:
+    """The stages a job runs: ``encode`` only in latent space (``latents.enabled``)."""
+    return tuple(s for s in STAGES if s != "encode" or job.spec.latents.enabled)
 
 
 def check_stage(name: str | None, option: str) -> str | None:
@@ -45,6 +50,8 @@ def stage_prefixes(job: JobSpec, stage: str) -> list[str]:
         return [f"experts/{k:03d}" for k in range(job.spec.num_experts)]
     if stage == "router" and job.spec.experts.mode == "monolith":
         return []  # one model needs no router
+    if stage == "encode":
+        return ["latents"] if job.spec.latents.enabled else []  # pixel space: nothing to encode
     return {"data": ["data"], "partition": ["partition"], "router": ["router"],
             "samples": ["samples"], "report": ["report"]}[stage]
 
@@ -57,6 +64,10 @@ def is_complete(run: Store, job: JobSpec, stage: str) -> bool:
 
         prefixes = stage_prefixes(job, stage)
         return all([is_done(run, u, job) for u in expert_units(job) + [router_unit()] if u.prefix in prefixes])
+    if stage == "encode" and job.spec.latents.enabled:
+        from atoll.data.encode import check_vae
+
+        check_vae(job, run)  # a run encoded with one VAE is never resumed with another
     return all(run.manifest(p) is not None for p in stage_prefixes(job, stage))
 
 
@@ -73,7 +84,7 @@ def forget(run: Store, job: JobSpec, stage: str) -> None:
 def _runners() -> dict[str, Callable[[JobSpec, Store, S3Config | None], dict]]:
     from atoll import stages
 
-    return {"data": stages.data, "partition": stages.partition, "experts": stages.experts,
+    return {"data": stages.data, "encode": stages.encode, "partition": stages.partition, "experts": stages.experts,
             "router": stages.router, "samples": stages.samples, "report": stages.report}
 
 
@@ -96,7 +107,7 @@ def run(job: JobSpec, *, until: str | None = None, from_stage: str | None = None
     runners = _runners()
     results = []
     last = STAGES.index(until) if until else len(STAGES) - 1
-    for stage in STAGES[: last + 1]:
+    for stage in [s for s in STAGES[: last + 1] if s in active_stages(job)]:
         t0 = time.time()
         # the router trains during the experts stage (one wave of islands): report it as done here
         with_experts = stage == "router" and "router" in (results[-1].info.get("trained", []) if results else [])

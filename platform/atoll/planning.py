@@ -27,11 +27,46 @@ class DataShape:
     frames: int | None
     num_classes: int
     origin: str  # "source" (known without reading) | "store" (the committed data manifest) | "assumed"
+    latents: str | None = None  # latent space: how the VAE maps the images to what the models see
+
+
+#: an SD-VAE's (latent channels, downsampling): what a plan assumes when latents.vae cannot be read here
+SD_VAE = (4, 8)
+
+
+def _vae_facts(path: str) -> tuple[int, int, str]:
+    """(latent channels, downsampling, where from) of the VAE at ``path``: its local config.json, else SD-VAE's."""
+    import json
+    from pathlib import Path
+
+    cfg = Path(path[len("file://"):] if path.startswith("file://") else path) / "config.json"
+    try:
+        c = json.loads(cfg.read_text())
+        return int(c["latent_channels"]), 2 ** (len(c["block_out_channels"]) - 1), "its config.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return SD_VAE[0], SD_VAE[1], "assumed SD-VAE: 4 channels, 8x downsampling"
+
+
+def latent_space(job: JobSpec, shape: DataShape) -> DataShape:
+    """What the models see in latent space (``latents.enabled``): the VAE's channels at 1/downsampling size."""
+    if not job.spec.latents.enabled:
+        return shape
+    from dataclasses import replace
+
+    ch, down, origin = _vae_facts(job.spec.latents.vae)
+    size = shape.size // down
+    return replace(shape, channels=ch, size=size,
+                   latents=f"VAE {shape.channels}x{shape.size}x{shape.size} -> {ch}x{size}x{size} ({origin})")
 
 
 def data_shape(job: JobSpec, data_manifest: dict | None = None) -> DataShape:
-    """The shape of the job's samples: from the committed data manifest if given, else from what the
-    spec says about its source (an image folder's size and channels are assumed when not set)."""
+    """The shape of the job's samples as the models see them (latents in latent space): from the committed
+    data manifest if given, else from what the spec says about its source (an image folder's size and
+    channels are assumed when not set)."""
+    return latent_space(job, _data_shape(job, data_manifest))
+
+
+def _data_shape(job: JobSpec, data_manifest: dict | None = None) -> DataShape:
     d, src = job.spec.data, job.spec.data.source
     frames = getattr(src, "frames", None) if src.type == "moving-clips" else None
     if data_manifest and data_manifest.get("image_shape"):

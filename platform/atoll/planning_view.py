@@ -35,6 +35,8 @@ def render(p: dict) -> Group:
     shape = f"{d['channels']}x{d['size']}x{d['size']}" + (f", {d['frames']} frames" if d["frames"] else "")
     note = {"assumed": " [yellow](assumed: set data.imageSize / data.source.channels, or run the data stage)[/yellow]",
             "store": " (from the committed data stage)", "source": ""}[d["origin"]]
+    if d.get("latents"):
+        note += f"; latent space: {d['latents']}"
     models = Table(title=f"{p['job']}: {p['num_experts']} expert(s), samples {shape}, "
                          f"{d['num_classes']} classes{note}", title_justify="left")
     for c in ("model", "size", "params", "notes"):

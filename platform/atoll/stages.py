@@ -17,6 +17,16 @@ def data(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     return run_data(job, run)
 
 
+def encode(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
+    from atoll.data.encode import run_encode
+
+    m = run_encode(job, run)
+    v = m["vae"]
+    console().print(f"encode: {m['count']} latents {'x'.join(map(str, m['image_shape']))} with the VAE {v['path']} "
+                    f"(sha256 {v['sha256'][:12]}, scaling {v['scaling_factor']:g}, shift {v['shift_factor']:g})")
+    return {"count": m["count"], "latent_shape": m["image_shape"], "vae_sha256": v["sha256"]}
+
+
 def partition(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     from atoll.data.partition import run_partition
 

@@ -12,7 +12,7 @@ def _rate(n: float) -> str:
     return f"{n / 1000:.1f}k" if n >= 1000 else f"{n:.0f}"
 
 
-def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float = 1,
+def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float = 1, num_gpus: float = 0,
               on_result: Callable[[int, object], None] | None = None,
               samples_of: Callable[[object], int] | None = None) -> list:
     """``[fn(*a) for a in args]`` as Ray tasks; results in order. The first failure
@@ -26,7 +26,7 @@ def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float
     from atoll.runtime import ensure_ray
 
     ensure_ray()
-    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
     refs = [remote.remote(*a) for a in args]
     index = {r: i for i, r in enumerate(refs)}
     results: list = [None] * len(refs)

@@ -1,4 +1,5 @@
-"""Features for partitioning: PCA of pixels, MiniLM of captions, or a TorchScript model.
+"""Features for partitioning: PCA of pixels, MiniLM of captions, a TorchScript model, or a
+pretrained DINOv2 / CLIP image encoder (``atoll.data.encoders``).
 
 ``compute_features`` returns the feature matrix and a ``state`` (numpy arrays)
 saved in ``centroids.npz`` so ``embed`` can map new samples the same way.
@@ -114,11 +115,34 @@ def compute_features(spec, images: np.ndarray, captions: list[str | None] | None
     if spec.type == "torchscript":
         return torchscript(spec.path, images, spec.batch_size), {
             "type": np.array("torchscript"), "path": np.array(spec.path), "batch_size": np.array(spec.batch_size)}
-    raise DataError(f"partition.features.type {spec.type!r} is not supported; use pca, minilm or torchscript")
+    if spec.type in ("dinov2", "clip"):
+        state = pretrained_state(spec)
+        return embed(state, images=images), state
+    raise DataError(f"partition.features.type {spec.type!r} is not supported; use pca, minilm, torchscript, "
+                    "dinov2 or clip")
 
 
-def embed(state: dict, images: np.ndarray | None = None, captions: list[str] | None = None) -> np.ndarray:
-    """Features of new samples with a saved state (from ``compute_features`` / ``centroids.npz``)."""
+def pretrained_state(spec) -> dict:
+    """The saved state of ``dinov2`` / ``clip`` features: what to reload the encoder from."""
+    return {"type": np.array(spec.type), "path": np.array(spec.path), "batch_size": np.array(spec.batch_size),
+            "device": np.array(spec.device)}
+
+
+def pretrained(state: dict, images: np.ndarray, s3=None, device: str | None = None) -> np.ndarray:
+    """Mean-pooled patch tokens of ``images`` by the encoder ``state`` names, on ``device`` (default: the
+    state's ``partition.features.device``, resolved by ``atoll.devices.for_stage``)."""
+    from atoll.data.encoders import ImageEncoder
+    from atoll.devices import for_stage
+
+    placement = for_stage(device or str(state.get("device", "auto")))
+    enc = ImageEncoder(str(state["type"]), str(state["path"]), placement, s3)
+    return enc.features(images, int(state["batch_size"]))
+
+
+def embed(state: dict, images: np.ndarray | None = None, captions: list[str] | None = None, s3=None,
+          device: str | None = None) -> np.ndarray:
+    """Features of new samples with a saved state (from ``compute_features`` / ``centroids.npz``).
+    ``s3``: the store's S3 settings for an encoder at an ``s3://`` path; ``device``: overrides the state's."""
     kind = str(state["type"])
     if kind == "pca":
         x = pixels(images) - state["pca_mean"]
@@ -129,4 +153,6 @@ def embed(state: dict, images: np.ndarray | None = None, captions: list[str] | N
         return minilm(list(captions))
     if kind == "torchscript":
         return torchscript(str(state["path"]), images, int(state["batch_size"]))
+    if kind in ("dinov2", "clip"):
+        return pretrained(state, images, s3, device)
     raise DataError(f"unknown feature type {kind!r} in the partition state; rerun the partition stage")

@@ -40,6 +40,7 @@ import numpy as np
 
 from atoll.data import partition_tasks as pt
 from atoll.data.distributed import map_tasks
+from atoll.data.encode import LATENTS
 from atoll.data.readers import committed
 from atoll.data.report import agreement_from_table, print_summary, render_partition
 from atoll.data.shards import commit_shards
@@ -98,7 +99,21 @@ def _fit_state(spec, ref, shards_args, starts, n, clips, on_corrupt) -> dict:
         return {"type": np.array("pca"), **fit_pca_rows(np.concatenate(parts), f.dims, spec.seed)}
     if f.type == "minilm":
         return {"type": np.array("minilm")}
+    if f.type in ("dinov2", "clip"):
+        from atoll.data.features import pretrained_state
+
+        return pretrained_state(f)
     return {"type": np.array("torchscript"), "path": np.array(f.path), "batch_size": np.array(f.batch_size)}
+
+
+def _task_device(f) -> tuple[str | None, float]:
+    """(device inside each features task, GPUs each task asks Ray for): an image encoder runs on the
+    GPU Ray gives the task when ``features.device`` resolves to one here, else on the CPU."""
+    if f.type not in ("dinov2", "clip"):
+        return None, 0
+    from atoll.devices import for_stage
+
+    return ("cuda:0", 1) if for_stage(f.device).is_cuda else ("cpu", 0)
 
 
 def _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped) -> tuple[list[dict], dict]:
@@ -118,13 +133,14 @@ def _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped) -> tuple[list
     fit = None if everything else _rows_by_shard(
         np.sort(np.random.default_rng([spec.seed, 2]).choice(n, FINE_FIT_SAMPLES, replace=False)), starts)
     feats, counts = {}, {}
+    device, gpus = _task_device(spec.features)
 
     def got(i, res):
         feats[i], counts[i] = res["fit"], res["count"]
         skipped.add(res)
 
     map_tasks(pt.features, [(ref, DATA, s, state, None if fit is None else fit[s], clips, on_corrupt,
-                             compute_threads()) for s in shards],
+                             compute_threads(), device) for s in shards], num_gpus=gpus,
               desc=f"partition: {spec.features.type} features", on_result=got, samples_of=lambda r: r["count"])
     x = np.concatenate([f for f in (feats.pop(s) for s in shards) if len(f)])
     with threadpool_limits(compute_threads()):
@@ -164,8 +180,10 @@ def run_partition(job, run: Store) -> dict:
     """Clusters ``run/data`` into ``job.spec.partition.k`` experts; returns the committed manifest."""
     spec, on_corrupt = job.spec.partition, job.spec.data.on_corrupt
     data_m = committed(run, DATA)
+    lat_m = committed(run, LATENTS) if job.spec.latents.enabled else None
     digest = spec_hash({"data": data_m["spec_hash"], "shards": [s["sha256"] for s in data_m["shards"]],
-                        "partition": spec.model_dump(mode="json")})
+                        "partition": spec.model_dump(mode="json"),
+                        **({"latents": lat_m["spec_hash"]} if lat_m else {})})
     done = check_resume(run, PARTITION, digest, "partition")
     if done is not None:
         return done
@@ -178,7 +196,7 @@ def run_partition(job, run: Store) -> dict:
         how, cents = _random(spec, data_m), {}
     else:
         how, cents = _kmeans(spec, ref, data_m, starts, clips, on_corrupt, skipped)
-    experts, summary = _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, digest)
+    experts, summary = _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, digest, lat_m)
     counts = summary["counts"]
     coarse = (summary["sums"] / np.maximum(counts, 1)[:, None]).astype(np.float32) if summary["sums"] is not None \
         else np.zeros((k, 1), np.float32)
@@ -204,8 +222,9 @@ def run_partition(job, run: Store) -> dict:
     return manifest
 
 
-def _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, digest) -> tuple[list[dict], dict]:
-    """Step 5: pieces per (data shard, cluster), then each expert's shards; returns its artifacts and the sums."""
+def _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, digest, lat_m=None) -> tuple[list[dict], dict]:
+    """Step 5: pieces per (data shard, cluster), then each expert's shards; returns its artifacts and the sums.
+    With ``lat_m`` (latent space) the experts' shards hold the samples' latent records instead of images."""
     spec = job.spec.partition
     k, nshards = spec.k, len(data_m["shards"])
     summary = {"counts": np.zeros(k, np.int64), "table": None, "sums": None, "pics": [[] for _ in range(k)]}
@@ -226,7 +245,7 @@ def _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, diges
     direct = data_m["count"] / max(1, nshards) / k >= shard_size / 8
     out = [expert_prefix(c) if direct else pt.pieces_prefix(c) for c in range(k)]
     map_tasks(pt.write_pieces, [(ref, DATA, s, k, int(data_m["num_classes"]), how[s], spec.seed, clips, on_corrupt,
-                                 out) for s in range(nshards)],
+                                 out, LATENTS if lat_m else None) for s in range(nshards)],
               desc="partition: assign + " + ("expert shards" if direct else "pieces"), on_result=got,
               samples_of=lambda r: int(r["counts"].sum()))
     entries: list[list] = [[(s, p) for s, p in enumerate(pieces[c]) if p is not None] for c in range(k)]
@@ -241,7 +260,8 @@ def _write_experts(job, run, ref, data_m, how, clips, on_corrupt, skipped, diges
     experts = []
     for c in range(k):
         m = commit_shards(run, expert_prefix(c), [e for _, e in sorted(entries[c], key=lambda t: t[0])],
-                          kind=f"{KIND}.expert", expert=c, spec_hash=digest, image_shape=data_m["image_shape"],
+                          kind=f"{KIND}.expert", expert=c, spec_hash=digest,
+                          image_shape=(lat_m or data_m)["image_shape"], latents=lat_m["vae"] if lat_m else None,
                           num_classes=data_m["num_classes"], class_names=data_m.get("class_names"))
         experts.append({"id": c, "prefix": expert_prefix(c), "count": m["count"], "num_shards": m["num_shards"]})
     run.delete_prefix(pt.WORK)

@@ -98,7 +98,7 @@ def pca_rows(ref: StoreRef, prefix: str, s: int, rows: list[int], clips: bool, o
 
 
 def features(ref: StoreRef, prefix: str, s: int, state: dict, fit_rows: list[int] | None, clips: bool,
-             on_corrupt: str, threads: int) -> dict:
+             on_corrupt: str, threads: int, device: str | None = None) -> dict:
     """Features of every readable sample of shard ``s`` -> ``work/features-s.npz``; returns the
     features of the fine-k-means sample's rows (``None``: all rows), the count, what was skipped."""
     from threadpoolctl import threadpool_limits
@@ -108,7 +108,8 @@ def features(ref: StoreRef, prefix: str, s: int, state: dict, fit_rows: list[int
     sh = Shard(ref, prefix, s, on_corrupt)
     ids, images, _, caps = sh.decoded()
     with threadpool_limits(threads):
-        feats = embed(state, images=_pooled(images, clips), captions=caps) if len(ids) else np.zeros((0, 1), np.float32)
+        feats = embed(state, images=_pooled(images, clips), captions=caps, s3=ref.s3, device=device) \
+            if len(ids) else np.zeros((0, 1), np.float32)
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     sh.run.put_bytes(features_key(s), _npz(features=feats, rows=ids))
     keep = np.ones(len(ids), bool) if fit_rows is None else np.isin(ids, np.asarray(fit_rows, np.int64))
@@ -140,11 +141,12 @@ def _picks(keys: list[str], cluster: np.ndarray, k: int, seed: int) -> list[list
 
 
 def write_pieces(ref: StoreRef, prefix: str, s: int, k: int, num_classes: int, how: dict, seed: int,
-                 clips: bool, on_corrupt: str, out: list[str]) -> dict:
+                 clips: bool, on_corrupt: str, out: list[str], latents: str | None = None) -> dict:
     """Assigns every readable sample of shard ``s`` to its cluster and writes, per cluster ``c``, the
     samples' records (copied byte for byte, in data order) as shard ``s`` of ``out[c]`` (the expert's
     artifact, or its pieces to merge), and the keys' clusters to ``partition/assignments/shard-s.npz``.
     ``how``: ``{"f2c", "fine"}`` (kmeans; ``fine`` None = read ``work/fine-s.npy``) or ``{"random": relabel}``.
+    ``latents``: the prefix of the encode stage's shards; the experts then get each sample's latent record.
     Returns per-cluster counts, the cluster x label table, feature sums and picture candidates."""
     sh = Shard(ref, prefix, s, on_corrupt)
     run = sh.run
@@ -160,11 +162,18 @@ def write_pieces(ref: StoreRef, prefix: str, s: int, k: int, num_classes: int, h
         cluster = np.asarray(how["f2c"], np.int64)[fine]
     raws = [sh.raws[r] for r in rows.tolist()]
     keys = [raw["__key__"] for raw in raws]
+    blocks = [raw["__tar__"] for raw in raws]
+    if latents is not None:  # the same samples' latents (shard s of the encode stage, matched by key)
+        lat = {raw["__key__"]: raw["__tar__"] for raw in Shard(ref, latents, s, on_corrupt).raws.values() if raw}
+        keep = [i for i, key in enumerate(keys) if key in lat]  # a sample the encode stage could not read is skipped
+        rows, cluster, raws, keys = rows[keep], cluster[keep], [raws[i] for i in keep], [keys[i] for i in keep]
+        feats = None if feats is None else feats[keep]
+        blocks = [lat[key] for key in keys]
     labels = np.asarray([int(raw["cls"].decode()) if "cls" in raw else -1 for raw in raws], np.int64)
     pieces = []
     for c in range(k):
         sel = np.flatnonzero(cluster == c)
-        pieces.append(put_blocks(run, out[c], s, [raws[i]["__tar__"] for i in sel]) if len(sel) else None)
+        pieces.append(put_blocks(run, out[c], s, [blocks[i] for i in sel]) if len(sel) else None)
     run.put_bytes(assignments_key(s), _npz(keys=np.asarray(keys), cluster=cluster))
     table = np.zeros((k, max(num_classes, 1)), np.int64)
     has = (labels >= 0) & (labels < table.shape[1])

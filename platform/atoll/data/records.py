@@ -41,7 +41,19 @@ def decode_image(png: bytes) -> np.ndarray:
     return a[:, :, None] if a.ndim == 2 else a
 
 
+def decode_npy(data: bytes) -> np.ndarray:
+    """``.npy`` bytes (a VAE latent, float32 [c, h, w]) -> the array (no pickles)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
 register_payload(Payload("png", "image", decode_image, lambda a: a.transpose(2, 0, 1)))
+register_payload(Payload("npy", "latent", decode_npy, lambda a: a))  # the encode stage's latents, [c, h, w]
 
 
 def payload_of(raw: dict) -> Payload:

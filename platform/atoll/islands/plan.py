@@ -54,6 +54,8 @@ def training_fingerprint(job: JobSpec, unit: Unit) -> str:
     body = section.model_dump(mode="json", exclude={"scaling", "recipe"})
     body["training"] = {k: v for k, v in body["training"].items() if k not in _BOOKKEEPING}
     extra = {"experts": {"model": s.experts.model, "conditioning": s.experts.conditioning}} if unit.role == "router" else {}
+    if s.latents.enabled:  # latent space (which VAE is checked against the latents' manifest, see data.encode)
+        extra["latents"] = True
     return spec_hash({"data": s.data.training_view(), "partition": s.partition.model_dump(mode="json"),
                       "unit": body, **extra})
 

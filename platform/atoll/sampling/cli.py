@@ -103,7 +103,7 @@ def _sample(run: str, *, strategy: str, class_: str | None, n: int, steps: int, 
         console().print(f"wrote {npz}: arr_0 uint8 {list(images.movedim(1, -1).shape)}"
                         + ("" if labels is None else f", arr_1 labels [{n}]"))
     if output is not None:
-        scale = default_scale(ens.image_shape[-1])
+        scale = default_scale(ens.output_shape[-1])
         if ens.is_video:   # a frame strip: a row per clip, a column per frame
             from atoll.sampling.video_io import frame_strip
 

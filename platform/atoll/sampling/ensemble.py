@@ -38,7 +38,8 @@ class Ensemble:
     """K experts (DiTs of one shape) and a router (None for a single expert / monolith)."""
 
     def __init__(self, experts: Sequence[nn.Module], router: nn.Module | None = None, *,
-                 class_names: Sequence[str] | None = None, device: str | torch.device = "cpu", source: str = ""):
+                 class_names: Sequence[str] | None = None, device: str | torch.device = "cpu", source: str = "",
+                 decoder=None):
         if len(experts) < 1:
             raise SamplingError("an ensemble needs at least one expert")
         if len(experts) > 1 and router is None:
@@ -54,6 +55,7 @@ class Ensemble:
         self.router = router.to(self.device).eval() if router is not None else None
         self.class_names = list(class_names or [])
         self.source = source
+        self.decoder = decoder  # latent space: the run's VAE decoder (``atoll.sampling.latent``), else None
         self._rows = [0] * len(self.experts)
         self._router_rows = 0
         self._text_encoder = None
@@ -80,14 +82,19 @@ class Ensemble:
         experts = [from_pretrained(store, p, weights=weights, map_location=device) for p in prefixes]
         router = from_pretrained(store, router_prefix, map_location=device) if router_prefix else None
         names = info.class_names or [str(i) for i in range(experts[0].config.num_classes)]
-        return cls(experts, router, class_names=names, device=device, source=store.uri)
+        decoder = None
+        if info.latents is not None:
+            from atoll.sampling.latent import load_decoder
+
+            decoder = load_decoder(store, info.latents, torch.device(device), s3)
+        return cls(experts, router, class_names=names, device=device, source=store.uri, decoder=decoder)
 
     def only(self, k: int) -> "Ensemble":
         """Expert ``k`` alone (no router): every strategy is that expert."""
         if not 0 <= k < self.num_experts:
             raise SamplingError(f"expert {k} does not exist; this ensemble has experts 0..{self.num_experts - 1}")
         return Ensemble([self.experts[k]], None, class_names=self.class_names, device=self.device,
-                        source=f"{self.source}#expert-{k:03d}")
+                        source=f"{self.source}#expert-{k:03d}", decoder=self.decoder)
 
     # -- shape facts -----------------------------------------------------------
     @property
@@ -122,6 +129,11 @@ class Ensemble:
         if self.is_video:
             return (c.in_channels, c.frames, c.input_size, c.input_size)
         return (c.in_channels, c.input_size, c.input_size)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """One returned sample's shape: ``image_shape``, or the decoded image's for a latent-space run."""
+        return tuple(self.decoder.image_shape) if self.decoder is not None else self.image_shape
 
     @property
     def is_video(self) -> bool:
@@ -277,6 +289,8 @@ class Ensemble:
             y = None if labels is None else labels[lo:hi]
             tx = None if text is None else (text[0][lo:hi], text[1][lo:hi])
             x, tr = self._integrate(x, y, strategy, steps, sampler, guidance, return_trace, progress, tx)
+            if self.decoder is not None:  # latent space: the run's VAE makes the images
+                x = self.decoder(x)
             outs.append(x.float().cpu())
             if tr is not None:
                 traces.append(tr)

@@ -26,6 +26,7 @@ class RunInfo:
     class_names: list[str] = field(default_factory=list)
     num_classes: int = 0
     job: dict | None = None
+    latents: dict | None = None  # latent space: the encode stage's manifest (VAE, shapes)
 
 
 def open_run_uri(run: str | Store, s3: S3Config | None = None) -> Store:
@@ -60,8 +61,13 @@ def inspect_run(store: Store) -> RunInfo:
                           "YAML, and train it first with `atoll run JOB.yaml`")
     data = store.manifest("data") or {}
     names = list(data.get("class_names") or [])
+    enabled = (job or {}).get("spec", {}).get("spec", {}).get("latents", {}).get("enabled", False)
+    latents = store.manifest("latents") if enabled else None
+    if enabled and latents is None:
+        raise RunNotFound(f"the run at {store.uri} trains on latents, but latents/ is not committed; run its "
+                          "encode stage (`atoll run JOB.yaml`)")
     return RunInfo(store=store, num_experts=n, monolith=monolith, class_names=names,
-                   num_classes=int(data.get("num_classes") or len(names)), job=job)
+                   num_classes=int(data.get("num_classes") or len(names)), job=job, latents=latents)
 
 
 def checkpoint_prefix(k: int | None) -> str:

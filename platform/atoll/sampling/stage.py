@@ -80,7 +80,7 @@ def run_samples(job: JobSpec, run: Store, s3: S3Config | None) -> dict:
     experts = list(range(ens.num_experts)) if ens.num_experts > 1 else []  # a monolith's expert = its strategies
     kw = dict(steps=ss.steps, sampler=ss.sampler, guidance=ss.guidance, seed=ss.seed, batch_size=BATCH)
     trace_strategy = "top1" if "top1" in strategies else strategies[0]
-    scale = default_scale(ens.image_shape[-1])
+    scale = default_scale(ens.output_shape[-1])
     out = _Writer(run)
 
     def pictures(name: str, images: torch.Tensor) -> None:

@@ -160,9 +160,15 @@ class EnsembleReplica:
             device = str(self.placement.device)
             encoder = lambda: TextEncoder(device=device)  # noqa: E731  (loads on the first prompt)
         self.engine = LocalEngine(router, runners, device=self.placement.device, num_classes=num_classes,
-                                  image_shape=facts.image_shape, text_encoder=encoder)
+                                  image_shape=facts.model_shape, text_encoder=encoder)
+        self.decoder = None
+        if facts.latent_shape is not None:  # the run's own VAE (another one is refused, naming both)
+            from atoll.sampling.latent import load_decoder
+            from atoll.sampling.runs import inspect_run
+
+            self.decoder = load_decoder(store, inspect_run(store).latents, self.placement.device, source.s3)
         self.scheduler = Scheduler(self.engine, max_rows=opts.max_rows, on_expert_failure=opts.on_expert_failure,
-                                   health=Health(K, opts.retry_after_s))
+                                   health=Health(K, opts.retry_after_s), decode=self.decoder)
         self._running: dict[str, int] = {}
         self._poller: asyncio.Task | None = None
         self._remote = experts is not None

@@ -46,8 +46,12 @@ def run_facts(store: Store) -> RunFacts:
     names = info.class_names or [str(i) for i in range(num_classes)]
     frames = int(cfg.get("frames") or 0)
     shape = (chans, frames, size, size) if frames else (chans, size, size)
+    latent = None
+    if info.latents is not None:  # the models sample latents; clients get the decoded images
+        latent, shape = shape, tuple(int(v) for v in info.latents["data_image_shape"])
     return RunFacts(num_experts=info.num_experts, num_classes=num_classes, class_names=tuple(names),
-                    image_shape=shape, text_conditioned=cfg.get("text_dim") is not None, frames=frames)
+                    image_shape=shape, text_conditioned=cfg.get("text_dim") is not None, frames=frames,
+                    latent_shape=latent)
 
 
 def expert_heads(store: Store, k: int = 0) -> int:

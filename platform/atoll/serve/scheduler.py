@@ -133,10 +133,11 @@ class Scheduler:
     """Owns the in-flight requests of one replica and runs their ticks (see the module docstring)."""
 
     def __init__(self, engine: Engine, *, max_rows: int = 64, on_expert_failure: str = "reroute",
-                 health: Health | None = None):
+                 health: Health | None = None, decode=None):
         if on_expert_failure not in ("reroute", "fail"):
             raise ValueError(f"on_expert_failure must be 'reroute' or 'fail', got {on_expert_failure!r}")
         self.engine, self.max_rows, self.policy = engine, int(max_rows), on_expert_failure
+        self.decode = decode  # latent space: model-space latents -> images in [-1, 1] (the run's VAE)
         self.health = health or Health(engine.num_experts)
         self.counters = Counters(engine.num_experts)
         self._pending: deque[_Job] = deque()
@@ -308,7 +309,8 @@ class Scheduler:
 
     def _finish(self, j: _Job) -> None:
         now = time.perf_counter()
-        out = Outcome(images=to_uint8(j.x.float().cpu()), expert_rows=list(j.rows), experts_per_step=j.per_step,
+        x = j.x if self.decode is None else self.decode(j.x)
+        out = Outcome(images=to_uint8(x.float().cpu()), expert_rows=list(j.rows), experts_per_step=j.per_step,
                       degraded=sorted(j.degraded), queue_s=j.t_admit - j.t_submit, wall_s=now - j.t_admit,
                       mean_tick_rows=j.tick_rows / max(1, j.ticks))
         self.counters.done += 1

@@ -69,7 +69,8 @@ class RunFacts:
     """What the ingress knows about the run without loading weights.
 
     ``image_shape``: one sample's shape, ``(C, H, W)``, or ``(C, T, H, W)`` for a video run
-    (``frames`` = T > 0).
+    (``frames`` = T > 0). A latent-space run also has ``latent_shape``, what the models sample
+    (``image_shape`` is then the decoded images').
     """
 
     num_experts: int
@@ -78,6 +79,12 @@ class RunFacts:
     image_shape: tuple[int, ...]
     text_conditioned: bool
     frames: int = 0
+    latent_shape: tuple[int, ...] | None = None
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """What the experts sample: the latent shape of a latent-space run, else ``image_shape``."""
+        return self.latent_shape or self.image_shape
 
     @property
     def is_video(self) -> bool:

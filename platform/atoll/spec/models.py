@@ -199,7 +199,16 @@ class TorchScriptFeatures(Base):
     batch_size: int = Field(256, ge=1)
 
 
-Features = Annotated[Union[PcaFeatures, MiniLMFeatures, TorchScriptFeatures], Field(discriminator="type")]
+class PretrainedFeatures(Base):
+    type: Literal["dinov2", "clip"]
+    path: str = Field(description="A Dinov2Model / CLIPVisionModel folder saved with save_pretrained, or its "
+                                  "store URI (file:// or s3://); features are its mean-pooled patch tokens.")
+    batch_size: int = Field(64, ge=1)
+    device: str = Field("auto", description="auto (the first GPU when there is one), cpu, cuda or cuda:N.")
+
+
+Features = Annotated[Union[PcaFeatures, MiniLMFeatures, TorchScriptFeatures, PretrainedFeatures],
+                     Field(discriminator="type")]
 
 
 class PartitionSpec(Base):
@@ -214,6 +223,25 @@ class PartitionSpec(Base):
         if self.method == "kmeans" and self.fine_clusters < self.k:
             raise FieldError("fineClusters", f"fineClusters ({self.fine_clusters}) must be >= k ({self.k}); "
                              f"raise fineClusters or lower k")
+        return self
+
+
+# -- latents ----------------------------------------------------------------------
+class LatentsSpec(Base):
+    enabled: bool = Field(False, description="Train the experts and the router on VAE latents (the encode stage).")
+    vae: str = Field("", description="An AutoencoderKL folder saved with save_pretrained (e.g. SD-VAE), or its "
+                                     "store URI (file:// or s3://); never downloaded from a hub.")
+    batch_size: int = Field(32, ge=1, description="Images per VAE forward pass in the encode stage.")
+    device: str = Field("auto", description="auto (the first GPU when there is one), cpu, cuda or cuda:N.")
+    posterior: Literal["mean", "sample"] = Field("mean", description=(
+        "mean: the experts train on each image's latent mean; sample: the latents also keep the VAE's "
+        "log-variance and every training step draws z ~ N(mean, exp(logvar)), as LDM / DiT train."))
+
+    @model_validator(mode="after")
+    def _vae(self):
+        if self.enabled and not self.vae:
+            raise FieldError("vae", "latents.enabled needs latents.vae: the folder of an AutoencoderKL "
+                                    "(save_pretrained) or its s3:// URI")
         return self
 
 
@@ -521,6 +549,7 @@ class JobSpecBody(Base):
     store: StoreSpec = Field(default_factory=StoreSpec)
     data: DataSpec
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    latents: LatentsSpec = Field(default_factory=LatentsSpec)
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
     islands: IslandsSpec = Field(default_factory=IslandsSpec)
@@ -540,6 +569,9 @@ class JobSpecBody(Base):
         if self.partition.features.type == "minilm" and self.data.source.type == "moving-clips":
             raise FieldError("partition.features.type", "partition.features.type 'minilm' needs captions; moving-clips have none: use 'pca'")
         self._check_video()
+        if self.latents.enabled and self.is_video:
+            raise FieldError("latents.enabled", "latent space is for image experts; video experts train on "
+                             "pixels: set latents.enabled: false")
         self._check_strategies()
         if self.router.conditioning == "class" and self.experts.conditioning != "class":
             raise FieldError("router.conditioning", f"router.conditioning 'class' needs class-conditional experts, "

@@ -75,6 +75,16 @@ class Task:
         self._loaders: dict[tuple[int, int, int], object] = {}
         m = run.manifest("data") or {}
         self.num_classes = int(m.get("num_classes") or self.col.artifact_meta("num_classes", 0) or 0)
+        lat = run.manifest("latents") if self.job.spec.latents.enabled else None
+        if self.job.spec.latents.enabled and lat is None:
+            from atoll.data.errors import DataError
+
+            raise DataError(f"{self.name}: latents.enabled but {run.url('latents')} is not committed; run the "
+                            "encode stage (`atoll run`, or `--from encode`)")
+        #: latent space: (scaling_factor, shift_factor) of the VAE; the model sees (z - shift) * scale
+        self.latent_scaling = (lat["vae"]["scaling_factor"], lat["vae"]["shift_factor"]) if lat else None
+        #: the stored latents are the VAE's mean and log-variance (latents.posterior: sample)
+        self.latent_moments = bool(lat and lat.get("moments"))
 
     def num_samples(self) -> int:
         return self.col.n
@@ -114,7 +124,30 @@ class Task:
         return out
 
     def x0(self, x: np.ndarray) -> torch.Tensor:
-        return to_unit(x)
+        return self.stored(to_unit(x))
+
+    def stored(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch's payload as ``Batch.x0``: scaled latents, or stored moments left for ``posterior``."""
+        return x if getattr(self, "latent_moments", False) else self.scaled(x)
+
+    def posterior(self, x0: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """The training sample of a batch's ``x0``: as it is, or (``latents.posterior: sample``, where ``x0``
+        holds the unscaled mean and log-variance) ``z = mean + exp(logvar / 2) * eps`` drawn with ``gen``
+        (``None``: the mean), scaled like the mean latents."""
+        if not getattr(self, "latent_moments", False):
+            return x0
+        mean, logvar = x0.chunk(2, dim=1)
+        if gen is None:
+            return self.scaled(mean)
+        eps = torch.randn(mean.shape, generator=gen).to(mean.device)
+        return self.scaled(mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents in the model's space, ``(z - shift_factor) * scaling_factor``; images as they are."""
+        if getattr(self, "latent_scaling", None) is None:
+            return x
+        scale, shift = self.latent_scaling
+        return (x - shift) * scale
 
 
 def peak_rss_mb() -> float:
@@ -156,7 +189,9 @@ class ExpertTask(Task):
 
     @property
     def data_prefix(self) -> str:
-        return "data" if self.job.spec.experts.mode == "monolith" else partition_dir(self.k)
+        if self.job.spec.experts.mode == "monolith":
+            return "latents" if self.job.spec.latents.enabled else "data"
+        return partition_dir(self.k)
 
     def prefixes(self) -> list[str]:
         return [self.data_prefix]
@@ -193,7 +228,7 @@ class ExpertTask(Task):
         return self.model_config().build()
 
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        x0, y = batch.x0, batch.y
+        x0, y = self.posterior(batch.x0, gen), batch.y
         n = x0.shape[0]
         cond = self.job.spec.experts.conditioning
         drop = (torch.rand(n, generator=gen) < self.training.class_dropout).to(y.device)
@@ -243,7 +278,7 @@ class RouterTask(Task):
             from atoll.data.sources.moving_clips import clips_tensor
 
             x = clips_tensor(x)
-        return to_unit(x)
+        return self.stored(to_unit(x))
 
     def make_batch(self, part, device) -> Batch:
         c = torch.from_numpy(part.label).to(device) if self.num_classes else None
@@ -260,7 +295,7 @@ class RouterTask(Task):
         return self.model_config().build()
 
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        x_t, t = noised(batch.x0, gen)
+        x_t, t = noised(self.posterior(batch.x0, gen), gen)
         kw = {}
         if batch.c is not None:  # classes dropped to the null class so unconditional routing works too
             drop = (torch.rand(len(batch.c), generator=gen) < self.training.class_dropout).to(batch.c.device)
@@ -292,7 +327,7 @@ def router_accuracy(model, task: RouterTask, ts=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
     m = min(n, task.num_samples())
     part = task.loader(0, 1, seed=seed, prefetch=0).batch(0, m)
     batch = task.make_batch(part, device)
-    x0, y = batch.x0, batch.y
+    x0, y = task.posterior(batch.x0, None), batch.y  # latent moments: evaluated on the means
     kw = {"y": batch.c} if with_class and batch.c is not None else {}
     out = {}
     for t in ts:
