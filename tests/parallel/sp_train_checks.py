@@ -54,9 +54,18 @@ def _task(world: int, sp: int, attention: str, ring: int | None, stage: int, fra
     task = make_task(job, "expert", 0)
     g = torch.Generator().manual_seed(frames * 100 + side)
     n = 24  # clips in memory (the data stage is not what is tested here)
-    task.images = torch.randint(0, 256, (n, 1, frames, side, side), generator=g, dtype=torch.uint8)
-    task.labels = torch.randint(0, 10, (n,), generator=g)
-    task.num_classes = 10
+    clips = torch.randint(0, 256, (n, 1, frames, side, side), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    task.sample_shape, task.num_classes = (1, frames * side, side), 10  # a stored clip: [C, T*H, W]
+
+    def batch(step, micro, rank, world, accum_i, accum, device):  # replica `rank`'s clips of the step
+        from atoll.train.tasks import Batch, to_unit
+
+        start = ((step * accum + accum_i) * world + rank) * micro
+        idx = torch.arange(start, start + micro) % n
+        return Batch(to_unit(clips[idx]).to(device), labels[idx].to(device))
+
+    task.batch = batch
     return job, task
 
 

@@ -48,8 +48,7 @@ spec:
     maxSteps: 4
     defaultSteps: 2
     sequenceParallel: 2
-    router: {numCpus: 0.1, maxBatchSize: 4, batchWaitTimeoutS: 0.002}
-    experts: {numCpus: 0.1, maxBatchSize: 4, batchWaitTimeoutS: 0.002}
+    ensemble: {numCpus: 0.1, maxBatchSize: 4}
 """
 
 
