@@ -50,7 +50,11 @@ def s3_server():
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not fail the last test's teardown
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

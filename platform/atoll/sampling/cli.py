@@ -14,7 +14,8 @@ import typer
 from atoll.progress import console, task
 from atoll.sampling.ensemble import Ensemble
 from atoll.sampling.errors import SamplingError
-from atoll.sampling.export import FolderWriter, npz_bytes, write_atomic
+from atoll.sampling.export import FolderWriter, npz_bytes
+from atoll.store.file import write_atomic
 from atoll.sampling.grid import default_scale, grid_png, png_bytes
 from atoll.sampling.trace_plot import trace_png
 from atoll.store import StoreError

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from atoll.sampling.grid import png_bytes
+from atoll.store.file import write_atomic
 
 
 def image_name(i: int, video: bool) -> str:
@@ -67,15 +66,4 @@ def npz_bytes(images: torch.Tensor, labels: torch.Tensor | None, class_names: li
     np.savez(buf, **arrays)
     return buf.getvalue()
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 

@@ -9,6 +9,20 @@ from pathlib import Path
 from atoll.store.base import NotFound, Store, StoreError, normpath_key
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a temporary file in the same folder and ``os.replace``: readers
+    see the old file or the new one, never part of one (the folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class FileStore(Store):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
@@ -17,24 +31,22 @@ class FileStore(Store):
     def _p(self, key: str) -> Path:
         return self.root / normpath_key(key)
 
-    def _atomic(self, key: str):
-        dst = self._p(key)
+    def _mkdir(self, dst: Path) -> None:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create {dst.parent} ({e.strerror}); check the store URI and permissions") from e
+
+    def _atomic(self, key: str):
+        dst = self._p(key)
+        self._mkdir(dst)
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
         return dst, fd, tmp
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        dst, fd, tmp = self._atomic(key)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        dst = self._p(key)
+        self._mkdir(dst)
+        write_atomic(dst, data)
 
     def put_file(self, key: str, path: str | Path) -> None:
         dst, fd, tmp = self._atomic(key)
