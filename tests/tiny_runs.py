@@ -5,10 +5,29 @@ Imported by the sampling, serve and video-serve test helpers. ``tests/`` is on `
 """
 from __future__ import annotations
 
+import textwrap
+
 import torch
 
 from atoll.models.checkpoint import save_pretrained
+from atoll.spec import loads
 from atoll.store import open_store
+
+
+def tiny_job(store: str, name: str, k: int, *, experts: str = "model: DiT-XXS/2", extra: str = ""):
+    """The digits job a tiny run is saved under: ``experts`` is the inside of the experts block,
+    ``extra`` more spec-level YAML (e.g. a ``serve:`` or ``sample:`` block)."""
+    return loads(textwrap.dedent(f"""
+        apiVersion: atoll/v1
+        kind: Job
+        metadata: {{name: {name}}}
+        spec:
+          store: {{uri: "{store}"}}
+          data: {{source: {{type: digits}}}}
+          partition: {{k: {k}, fineClusters: 16}}
+          experts: {{{experts}}}
+          router: {{model: Router-XS}}
+        """) + textwrap.indent(textwrap.dedent(extra), "  "))
 
 
 def perturbed(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:

@@ -4,16 +4,13 @@ No Ray: models are built in-process and written with ``save_pretrained``.
 """
 from __future__ import annotations
 
-import textwrap
-
 import torch
 
 from tiny_runs import perturbed as _perturbed
-from tiny_runs import write_run
+from tiny_runs import tiny_job, write_run
 
 from atoll.models.dit import DiTConfig
 from atoll.models.router import RouterConfig
-from atoll.spec import loads
 
 NUM_CLASSES = 4
 CLASS_NAMES = [f"c{i}" for i in range(NUM_CLASSES)]
@@ -33,18 +30,8 @@ def make_router(k: int, seed: int = 100) -> torch.nn.Module:
 
 
 def job_yaml(store: str, name: str, k: int, mode: str = "ensemble", strategies: str = "[top1, full]") -> object:
-    return loads(textwrap.dedent(f"""
-        apiVersion: atoll/v1
-        kind: Job
-        metadata: {{name: {name}}}
-        spec:
-          store: {{uri: "{store}"}}
-          data: {{source: {{type: digits}}}}
-          partition: {{k: {k}, fineClusters: 16}}
-          experts: {{model: DiT-XXS/2, mode: {mode}}}
-          router: {{model: Router-XS}}
-          sample: {{strategies: {strategies}, numPerClass: 2, steps: 3, guidance: 1.5, seed: 0}}
-        """))
+    return tiny_job(store, name, k, experts=f"model: DiT-XXS/2, mode: {mode}",
+                    extra=f"sample: {{strategies: {strategies}, numPerClass: 2, steps: 3, guidance: 1.5, seed: 0}}")
 
 
 def save_run(root: str, name: str, k: int, *, monolith: bool = False, router: bool = True) -> tuple[object, object]:

@@ -1,29 +1,16 @@
 """A tiny untrained K=2 run (perturbed DiT-XXS/2 experts + a router) in a file store; no Ray."""
 from __future__ import annotations
 
-import textwrap
-
-from tiny_runs import perturbed, write_run
+from tiny_runs import perturbed, tiny_job, write_run
 
 from atoll.models.dit import DiTConfig
 from atoll.models.router import RouterConfig
-from atoll.spec import loads
 
 CLASS_NAMES = ["zero", "one", "two", "three"]
 
 
 def serve_job(store: str, name: str, k: int, size: str = "DiT-XXS/2", image: int = 8, serve: str = ""):
-    return loads(textwrap.dedent(f"""
-        apiVersion: atoll/v1
-        kind: Job
-        metadata: {{name: {name}}}
-        spec:
-          store: {{uri: "{store}"}}
-          data: {{source: {{type: digits}}}}
-          partition: {{k: {k}, fineClusters: 16}}
-          experts: {{model: {size}}}
-          router: {{model: Router-XS}}
-        """) + textwrap.indent(textwrap.dedent(serve), "  "))
+    return tiny_job(store, name, k, experts=f"model: {size}", extra=serve)
 
 
 def save_tiny_run(root: str, name: str, k: int = 2, *, size: str = "DiT-XXS/2", image: int = 8,

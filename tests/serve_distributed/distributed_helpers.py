@@ -2,29 +2,16 @@
 router) in a file store; no Ray."""
 from __future__ import annotations
 
-import textwrap
-
-from tiny_runs import perturbed, write_run
+from tiny_runs import perturbed, tiny_job, write_run
 
 from atoll.models.dit import DiTConfig
 from atoll.models.router import RouterConfig
-from atoll.spec import loads
 
 CLASS_NAMES = ["zero", "one", "two", "three"]
 
 
 def text_job(store: str, name: str, k: int, serve: str = ""):
-    return loads(textwrap.dedent(f"""
-        apiVersion: atoll/v1
-        kind: Job
-        metadata: {{name: {name}}}
-        spec:
-          store: {{uri: "{store}"}}
-          data: {{source: {{type: digits}}}}
-          partition: {{k: {k}, fineClusters: 16}}
-          experts: {{model: DiT-XXS/2, conditioning: text}}
-          router: {{model: Router-XS}}
-        """) + textwrap.indent(textwrap.dedent(serve), "  "))
+    return tiny_job(store, name, k, experts="model: DiT-XXS/2, conditioning: text", extra=serve)
 
 
 def save_text_run(root: str, name: str, k: int = 2, *, serve: str = "") -> tuple[object, object]:
