@@ -120,6 +120,13 @@ def test_sequence_parallel_degree_is_checked_before_any_actor_starts(video_run):
     with pytest.raises(ValueError, match="serve.sequenceParallel = 2 is for video runs"):
         sequence_parallel_degree(ServeSpec.model_validate({"sequenceParallel": 2}), False, 4)
     assert sequence_parallel_degree(ServeSpec.model_validate({"sequenceParallel": 2}), True, 4) == 2
+    # ring attention has no head limit; hybrid's Ulysses part (sequenceParallel / ringDegree) must divide them
+    assert sequence_parallel_degree(ServeSpec.model_validate({"sequenceParallel": 3, "attention": "ring"}), True, 4) == 3
+    hybrid = ServeSpec.model_validate({"sequenceParallel": 6, "attention": "hybrid", "ringDegree": 2})
+    with pytest.raises(ParallelConfigError, match="N=3 must divide num_heads=4"):
+        sequence_parallel_degree(hybrid, True, 4)
+    with pytest.raises(ParallelConfigError, match="N=3 must divide num_heads=4"):
+        RankGroup(RunSource(run.uri), "experts/000/model", 6, attention="hybrid", ring_degree=2)
     gpu = ServeSpec.model_validate({"sequenceParallel": 2, "mode": "distributed", "experts": {"numGpus": 1}})
     assert deployment_options(gpu.experts, 2)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert deployment_options(gpu.experts, 1)["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}

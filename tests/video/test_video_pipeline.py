@@ -47,6 +47,8 @@ def _problems(text: str) -> str:
 def test_video_job_validates():
     job = _job()
     assert job.spec.is_video and job.spec.serve.sequence_parallel == 2
+    ring = _job(VIDEO_JOB.replace("serve: {sequenceParallel: 2}", "serve: {sequenceParallel: 3, attention: ring}"))
+    assert ring.spec.serve.attention == "ring" and ring.spec.serve.ulysses_degree == 1  # no head limit
 
 
 @pytest.mark.parametrize("change, field, hint", [
@@ -54,6 +56,11 @@ def test_video_job_validates():
     (("type: moving-clips, images: digits, numClips: 96, frames: 4, size: 16", "type: digits"), "experts.model",
      "is a video DiT"),
     (("sequenceParallel: 2", "sequenceParallel: 3"), "serve.sequenceParallel", "must divide the 4 attention heads"),
+    (("serve: {sequenceParallel: 2}", "serve: {sequenceParallel: 6, attention: hybrid, ringDegree: 2}"),
+     "serve.sequenceParallel", "gives a Ulysses degree of 3"),
+    (("serve: {sequenceParallel: 2}", "serve: {attention: ring}"), "serve.attention", "set sequenceParallel > 1"),
+    (("serve: {sequenceParallel: 2}", "serve: {sequenceParallel: 2, ringDegree: 2}"), "serve.ringDegree",
+     "is for attention: hybrid"),
     (("VDiT-XXS/4", "VDiT-XXL/4"), "spec.experts.model", "VDiT-XXS/4"),
 ])
 def test_video_spec_errors_name_the_field_and_fix(change, field, hint):

@@ -107,13 +107,16 @@ def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
     sched = spec.ensemble if spec.mode == "ensemble" else spec.router
     replica = ReplicaOptions(mode=spec.mode, max_rows=sched.max_batch_size, on_expert_failure=spec.on_expert_failure,
                              num_gpus=dopts["ray_actor_options"]["num_gpus"], sequence_parallel=sp,
+                             attention=spec.attention if sp > 1 else "ulysses",
+                             ring_degree=spec.ring_degree if sp > 1 else None,
                              rank_cpus=RANK_CPUS, rank_gpus=rank_gpus, expert_timeout_s=opts.expert_timeout_s,
                              retry_after_s=opts.retry_after_s, health_poll_s=opts.health_poll_s,
                              app_name=opts.app_name)
     experts = None
     if spec.mode == "distributed":
         experts = [serve.deployment(ExpertModel, name=n, **o, **HEALTH_CHECK).bind(
-            source, k, spec.experts.num_gpus, sp, RANK_CPUS, rank_gpus) for k, (n, o) in enumerate(expert_deps)]
+            source, k, spec.experts.num_gpus, sp, RANK_CPUS, rank_gpus, spec.attention if sp > 1 else "ulysses",
+            spec.ring_degree if sp > 1 else None) for k, (n, o) in enumerate(expert_deps)]
     backend = serve.deployment(EnsembleReplica, name=name, **dopts, **HEALTH_CHECK).bind(source, replica, experts)
     ingress = serve.deployment(make_ingress(api_key_digest(spec.auth, environ)), name=INGRESS_NAME,
                                max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
@@ -132,7 +135,7 @@ def sequence_parallel_degree(spec: ServeSpec, is_video: bool, num_heads: int) ->
     if n > 1:
         from atoll.serve.rank_group import check_degree
 
-        check_degree(num_heads, n)
+        check_degree(num_heads, n, spec.attention, spec.ring_degree)
     return n
 
 

@@ -41,6 +41,8 @@ class ReplicaOptions:
     on_expert_failure: str = "reroute"
     num_gpus: float = 0.0
     sequence_parallel: int = 1
+    attention: str = "ulysses"         # serve.attention / serve.ringDegree: the rank group's layout
+    ring_degree: int | None = None
     rank_cpus: float = DEFAULT_RANK_CPUS
     rank_gpus: float = 0.0
     expert_timeout_s: float = 60.0     # one expert call (distributed), a rank-group call included
@@ -71,7 +73,7 @@ def _rank_group(source: RunSource, store, k: int, opts: ReplicaOptions):
         raise ValueError(f"serve.sequenceParallel = {opts.sequence_parallel} is for video experts; expert {k} "
                          "is an image model: set serve.sequenceParallel: 1")
     return RankGroup(source, checkpoint_prefix(k), opts.sequence_parallel, num_heads=expert_heads(store, k),
-                     num_cpus=opts.rank_cpus, num_gpus=opts.rank_gpus,
+                     attention=opts.attention, ring_degree=opts.ring_degree, num_cpus=opts.rank_cpus, num_gpus=opts.rank_gpus,
                      label=f"{deployment_name(k)}-{uuid.uuid4().hex[:8]}",
                      call_timeout_s=max(30.0, opts.expert_timeout_s))
 
@@ -245,7 +247,8 @@ class ExpertModel:
     """
 
     def __init__(self, source: RunSource, k: int, num_gpus: float = 0.0, sequence_parallel: int = 1,
-                 rank_cpus: float = DEFAULT_RANK_CPUS, rank_gpus: float = 0.0):
+                 rank_cpus: float = DEFAULT_RANK_CPUS, rank_gpus: float = 0.0, attention: str = "ulysses",
+                 ring_degree: int | None = None):
         from atoll.models.checkpoint import load_config
 
         self.k, self.sequence_parallel = k, int(sequence_parallel)
@@ -255,8 +258,9 @@ class ExpertModel:
         self.num_classes = int(load_config(store, checkpoint_prefix(k))["config"].get("num_classes") or 0)
         self.group, self.model = None, None
         if self.sequence_parallel > 1:
-            self.group = _rank_group(source, store, k, ReplicaOptions(sequence_parallel=self.sequence_parallel,
-                                                                      rank_cpus=rank_cpus, rank_gpus=rank_gpus))
+            self.group = _rank_group(source, store, k, ReplicaOptions(
+                sequence_parallel=self.sequence_parallel, attention=attention, ring_degree=ring_degree,
+                rank_cpus=rank_cpus, rank_gpus=rank_gpus))
         else:
             self.model = load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}")
 

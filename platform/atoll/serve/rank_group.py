@@ -4,8 +4,9 @@
 (``STRICT_PACK``: the ranks share a node, so their process group can meet on 127.0.0.1).
 Every rank loads the expert from the run store, joins one torch.distributed group at
 ``tcp://127.0.0.1:<fresh port>`` (gloo on CPU; NCCL when the actor was given a GPU) and builds
-``UlyssesSequence(group, num_heads)``. ``await group.velocity(batch)`` sends the same
-``ExpertBatch`` to every rank; each rank runs exactly ``batch_velocity(<the expert with seq=ulysses>,
+the token layout of its attention (``attention="ulysses" | "ring" | "hybrid"`` with ``ring_degree``:
+``USPSequence``, the layout training uses). ``await group.velocity(batch)`` sends the same
+``ExpertBatch`` to every rank; each rank runs exactly ``batch_velocity(<the expert with that seq>,
 batch, num_classes)`` (``expert_forward`` for a batch of one request) and gets the whole velocity;
 rank 0's is returned.
 
@@ -57,13 +58,15 @@ class SequenceParallelExpert(nn.Module):
 class RankWorker:
     """One rank (a Ray actor): the expert, this rank's place in the process group, ``velocity``."""
 
-    def __init__(self, source, prefix: str, rank: int, world_size: int):
+    def __init__(self, source, prefix: str, rank: int, world_size: int, attention: str = "ulysses",
+                 ring_degree: int | None = None):
         import ray
 
         from atoll.devices import for_replica, place
         from atoll.models.checkpoint import from_pretrained
 
         self.rank, self.world_size = rank, world_size
+        self.dims = ParallelDims.for_layout(world_size, world_size, attention, ring_degree)
         placement = for_replica(len(ray.get_gpu_ids())).activate()
         self.gpu, self.device, self.backend = placement.is_cuda, placement.device, placement.backend
         self.model = place(from_pretrained(source.open(), prefix, map_location=self.device), placement,
@@ -78,16 +81,15 @@ class RankWorker:
         return free_port()
 
     def join(self, port: int, timeout_s: float) -> dict:
-        """Joins the group (collective: every rank calls it) and builds the Ulysses token layout."""
-        import torch.distributed as dist
-
-        from atoll.parallel.groups import init_process_group
-        from atoll.parallel.ulysses import UlyssesSequence
+        """Joins the group (collective: every rank calls it) and builds the token layout of the attention
+        (Ulysses, ring or hybrid: ``atoll.parallel.usp.USPSequence``, as in training)."""
+        from atoll.parallel.groups import init_process_group, sequence_groups
+        from atoll.parallel.usp import USPSequence
 
         if self.gpu:
             torch.cuda.set_device(self.device)
         init_process_group(self.rank, self.world_size, port, backend=self.backend, timeout_s=timeout_s)
-        seq = UlyssesSequence(dist.group.WORLD, self.model.config.dims["num_heads"])
+        seq = USPSequence(sequence_groups(self.dims, self.rank), self.model.config.dims["num_heads"])
         self.expert = SequenceParallelExpert(self.model, seq).eval()
         return self.describe()
 
@@ -100,6 +102,7 @@ class RankWorker:
         return {"rank": dist.get_rank() if joined else self.rank,
                 "world_size": dist.get_world_size() if joined else None,
                 "sp_world_size": self.expert.seq.n if self.expert is not None else None,
+                "attention": self.dims.attention, "ring_degree": self.dims.ring,
                 "backend": dist.get_backend() if joined else self.backend, "device": str(self.device),
                 "pid": os.getpid(), "actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id()}
 
@@ -118,9 +121,10 @@ class RankWorker:
         destroy()
 
 
-def check_degree(num_heads: int, n: int) -> ParallelDims:
-    """``ParallelDims`` of one group of ``n`` ranks; ``ParallelConfigError`` when ``n`` does not divide the heads."""
-    dims = ParallelDims(world_size=n, sp=n)
+def check_degree(num_heads: int, n: int, attention: str = "ulysses", ring_degree: int | None = None) -> ParallelDims:
+    """``ParallelDims`` of one group of ``n`` ranks with that attention layout; ``ParallelConfigError`` when
+    its Ulysses degree does not divide the heads (or the layout does not fit ``n``)."""
+    dims = ParallelDims.for_layout(n, n, attention, ring_degree)
     dims.check_heads(num_heads)
     return dims
 
@@ -134,13 +138,14 @@ class RankGroup:
     """
 
     def __init__(self, source, prefix: str, n: int, *, num_heads: int | None = None,
-                 num_cpus: float = DEFAULT_RANK_CPUS, num_gpus: float = 0.0, label: str = "expert",
+                 attention: str = "ulysses", ring_degree: int | None = None, num_cpus: float = DEFAULT_RANK_CPUS, num_gpus: float = 0.0, label: str = "expert",
                  start_timeout_s: float = 180.0, call_timeout_s: float = 120.0, start: bool = True):
         if num_heads is None:
             from atoll.serve.runinfo import expert_heads
 
             num_heads = expert_heads(source.open(), int(prefix.split("/")[1]) if prefix.startswith("experts/") else 0)
-        self.dims = check_degree(num_heads, n)  # before any actor starts
+        self.dims = check_degree(num_heads, n, attention, ring_degree)  # before any actor starts
+        self.attention, self.ring_degree = attention, ring_degree
         self.source, self.prefix, self.n = source, prefix, n
         self.num_cpus, self.num_gpus, self.label = num_cpus, num_gpus, label
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
@@ -179,7 +184,8 @@ class RankGroup:
                 self.actors = [cls.options(
                     name=self.actor_name(r), num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=r),
-                ).remote(self.source, self.prefix, r, self.n) for r in range(self.n)]
+                ).remote(self.source, self.prefix, r, self.n, self.attention, self.ring_degree)
+                    for r in range(self.n)]
                 self.port = ray.get(self.actors[0].free_port.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 join_s = max(1.0, deadline - time.monotonic())
                 self.ranks = ray.get([a.join.remote(self.port, join_s) for a in self.actors], timeout=join_s + 5)
@@ -236,7 +242,8 @@ class RankGroup:
         return not self.broken
 
     def info(self) -> dict:
-        return {"sequence_parallel": self.n, "world_size": self.ranks[0]["world_size"] if self.ranks else None,
+        return {"sequence_parallel": self.n, "attention": self.dims.attention, "ring_degree": self.dims.ring,
+                "world_size": self.ranks[0]["world_size"] if self.ranks else None,
                 "generation": self.generation, "restarts": self.restarts, "port": self.port,
                 "ranks": [dict(r) for r in self.ranks]}
 

@@ -246,6 +246,32 @@ class LatentsSpec(Base):
 
 
 # -- training ---------------------------------------------------------------------
+def check_attention_layout(attention: str, ring_degree: int | None, sp: int) -> None:
+    """``attention`` / ``ringDegree`` against the sequence-parallel degree ``sp`` (a ``FieldError`` naming
+    the field and the fix); shared by ``experts.scaling`` and ``serve``."""
+    if attention != "ulysses" and sp == 1:
+        raise FieldError("attention", f"attention: {attention} splits a clip over several ranks; set "
+                         "sequenceParallel > 1 or remove attention")
+    if attention == "hybrid":
+        r = ring_degree
+        ok = [d for d in range(2, sp) if sp % d == 0]
+        if r is None or not (1 < r < sp and sp % r == 0):
+            raise FieldError("ringDegree", f"attention: hybrid needs ringDegree with 1 < ringDegree < "
+                             f"sequenceParallel ({sp}) dividing it (sequenceParallel = ulysses x ringDegree); got "
+                             f"{r}; use one of {ok}" if ok else f"attention: hybrid needs a sequenceParallel with "
+                             f"a divisor between 1 and itself, {sp} has none: use attention: ulysses or ring")
+    elif ring_degree is not None:
+        raise FieldError("ringDegree", f"ringDegree is for attention: hybrid (attention: {attention} "
+                         f"uses {'all ranks' if attention == 'ring' else 'no ring'}); remove it")
+
+
+def ulysses_degree(attention: str, ring_degree: int | None, sp: int) -> int:
+    """Ranks that split heads (all-to-all) within a clip's group of ``sp`` ranks."""
+    if attention == "ring":
+        return 1
+    return sp // (ring_degree or 1)
+
+
 class ScalingSpec(Base):
     """Ray Train scaling of one island (one expert's training run)."""
     num_workers: int = Field(1, ge=1, le=4096)
@@ -275,20 +301,7 @@ class ScalingSpec(Base):
             raise FieldError("sequenceParallel", f"sequenceParallel ({sp}) must divide numWorkers ({w}): numWorkers = "
                              f"data-parallel replicas x sequenceParallel; use sequenceParallel in {ok} or numWorkers: "
                              f"{sp * max(1, w // sp)}")
-        if self.attention != "ulysses" and sp == 1:
-            raise FieldError("attention", f"attention: {self.attention} splits a clip over several ranks; set "
-                             "sequenceParallel > 1 or remove attention")
-        if self.attention == "hybrid":
-            r = self.ring_degree
-            ok = [d for d in range(2, sp) if sp % d == 0]
-            if r is None or not (1 < r < sp and sp % r == 0):
-                raise FieldError("ringDegree", f"attention: hybrid needs ringDegree with 1 < ringDegree < "
-                                 f"sequenceParallel ({sp}) dividing it (sequenceParallel = ulysses x ringDegree); got "
-                                 f"{r}; use one of {ok}" if ok else f"attention: hybrid needs a sequenceParallel with "
-                                 f"a divisor between 1 and itself, {sp} has none: use attention: ulysses or ring")
-        elif self.ring_degree is not None:
-            raise FieldError("ringDegree", f"ringDegree is for attention: hybrid (attention: {self.attention} "
-                             f"uses {'all ranks' if self.attention == 'ring' else 'no ring'}); remove it")
+        check_attention_layout(self.attention, self.ring_degree, sp)
         return self
 
     @property
@@ -299,9 +312,7 @@ class ScalingSpec(Base):
     @property
     def ulysses_degree(self) -> int:
         """Ranks that split heads (all-to-all) within a clip's group."""
-        if self.attention == "ring":
-            return 1
-        return self.sequence_parallel // (self.ring_degree or 1)
+        return ulysses_degree(self.attention, self.ring_degree, self.sequence_parallel)
 
 
 class TrainingSpec(Base):
@@ -513,8 +524,22 @@ class ServeSpec(Base):
         "(renormalised routing, header X-Atoll-Degraded) or fail the requests that need it (503, Retry-After)."))
     auth: AuthSpec = Field(default_factory=AuthSpec)
     sequence_parallel: int = Field(1, ge=1, le=64, description=(
-        "Video runs: ranks per expert replica (DeepSpeed-Ulysses all-to-all attention over one gloo/NCCL "
-        "group of Ray actors); must divide the video DiT's attention heads."))
+        "Video runs: ranks per expert replica (one gloo/NCCL group of Ray actors sharing each clip's tokens); "
+        "with attention: ulysses it must divide the video DiT's attention heads."))
+    attention: Literal["ulysses", "ring", "hybrid"] = Field("ulysses", description=(
+        "Video runs with sequenceParallel > 1: how a clip's attention is split over the replica's ranks, as "
+        "in experts.scaling: ulysses (DeepSpeed-Ulysses all-to-all over heads), ring (ring attention, any head "
+        "count) or hybrid (Ulysses x ring, ringDegree ranks per ring)."))
+    ring_degree: int | None = Field(None, ge=2, description="attention: hybrid only: ranks in each attention ring.")
+
+    @model_validator(mode="after")
+    def _attention_layout(self):
+        check_attention_layout(self.attention, self.ring_degree, self.sequence_parallel)
+        return self
+
+    @property
+    def ulysses_degree(self) -> int:
+        return ulysses_degree(self.attention, self.ring_degree, self.sequence_parallel)
 
     @model_validator(mode="after")
     def _sections_of_the_mode(self):
@@ -639,11 +664,15 @@ class JobSpecBody(Base):
             except ImportError:  # validation without torch installed
                 return
             heads = VDIT_SIZES.get(self.experts.model, {}).get("num_heads")  # unknown sizes: the loader says
-            if heads and heads % self.serve.sequence_parallel:
+            u = self.serve.ulysses_degree
+            if heads and heads % u:
                 ok = [n for n in range(1, heads + 1) if heads % n == 0]
-                raise FieldError("serve.sequenceParallel", f"serve.sequenceParallel ({self.serve.sequence_parallel}) "
-                                 f"must divide the {heads} attention heads of {self.experts.model} (Ulysses "
-                                 f"splits heads over ranks); use one of {ok}")
+                what = ("serve.sequenceParallel" if self.serve.attention == "ulysses" else
+                        f"serve.sequenceParallel / serve.ringDegree ({self.serve.sequence_parallel} / "
+                        f"{self.serve.ring_degree})")
+                raise FieldError("serve.sequenceParallel", f"{what} gives a Ulysses degree of {u}, which must "
+                                 f"divide the {heads} attention heads of {self.experts.model} (Ulysses splits heads "
+                                 f"over ranks); use a Ulysses degree in {ok}, or serve.attention: ring")
 
     @property
     def num_experts(self) -> int:
