@@ -96,7 +96,7 @@ def layouts_worker(rank: int, world: int, port: int, out_path: str) -> None:
     from atoll.parallel.groups import destroy, init_process_group
     from atoll.parallel.usp import sequence_layout
 
-    ring_module.CHUNK_ELEMENTS = 512  # several query chunks per block even at these sizes
+    ring_module.CHUNK_ELEMENTS, ring_module.MIN_CHUNK_ROWS = 512, 1  # several query chunks per block even here
     init_process_group(rank, world, port)
     layouts = [("ring", None)] + ([("hybrid", 2), ("ulysses", None)] if world == 4 else [])
     result: dict = {}

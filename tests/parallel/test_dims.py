@@ -46,3 +46,22 @@ def test_layout_errors_say_what_is_wrong():
         ParallelDims(4, sp=4, ring=3)
     with pytest.raises(ParallelConfigError, match=r"N=4 must divide num_heads=6.*ring attention has no such limit"):
         ParallelDims.for_layout(8, sp=8, attention="hybrid", ring_degree=2).check_heads(6)
+
+
+def test_ring_score_chunks_bound_memory_but_keep_whole_rows():
+    import torch
+
+    from atoll.parallel import ring
+
+    def steps(b, h, rows, keys):
+        chunks = ring._row_chunks(torch.empty(b, h, rows, 8), keys)
+        assert chunks[0].start == 0 and chunks[-1].stop == rows  # every query row exactly once
+        assert all(a.stop == z.start for a, z in zip(chunks, chunks[1:]))
+        return chunks[0].stop - chunks[0].start
+
+    # short keys: as many rows as fit CHUNK_ELEMENTS score elements
+    assert steps(1, 4, 2048, 512) * 4 * 512 <= ring.CHUNK_ELEMENTS
+    assert steps(1, 4, 2048, 512) == ring.CHUNK_ELEMENTS // (4 * 512)
+    # long keys, many heads: never fewer than MIN_CHUNK_ROWS rows (no one-row matmuls)
+    assert steps(8, 16, 4096, 32768) == ring.MIN_CHUNK_ROWS
+    assert steps(1, 1, 10, 4) == 10  # a small block is one chunk

@@ -20,6 +20,7 @@ block, ``E``): forward ``2 (R-1) E`` (k and v), backward ``4 (R-1) E + 2 E``.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -57,20 +58,30 @@ def _block_mask(j: int, block: int, num_tokens: int, device) -> torch.Tensor | N
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale  # [b, h, sq, sk]
+    s = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # [b, h, sq, sk], updated in place from here on
     if mask is not None:
-        s = s.masked_fill(~mask.view(1, 1, 1, -1), float("-inf"))
+        s.masked_fill_(~mask.view(1, 1, 1, -1), float("-inf"))
     return s
 
 
+def _default_chunk_elements() -> int:
+    return int(os.environ.get("ATOLL_RING_CHUNK_ELEMENTS", 1 << 18))
+
+
 #: score elements (b * h * rows * keys) one query chunk may hold at once: bounds the transient memory of
-#: a block (like flash attention's tiles) instead of materialising ``s_block x s_block`` scores per head
-CHUNK_ELEMENTS = 1 << 22
+#: a block (like flash attention's tiles) instead of materialising ``s_block x s_block`` scores per head.
+#: At most two chunk-sized tensors live at once (scores / probabilities, updated in place, and ``dp``
+#: in backward): 2 MB at the default 2^18 (``ATOLL_RING_CHUNK_ELEMENTS`` overrides it), but never fewer
+#: than ``MIN_CHUNK_ROWS`` query rows, so long blocks with many heads are not cut into one-row matmuls
+#: (then a chunk holds ``MIN_CHUNK_ROWS / head_dim`` times this rank's q block: still a fraction of
+#: the activations). Measured in ``bench/results/sequence_parallel_train.md``.
+CHUNK_ELEMENTS = _default_chunk_elements()
+MIN_CHUNK_ROWS = 64
 
 
 def _row_chunks(qf: torch.Tensor, keys: int) -> list[slice]:
     b, h, rows, _ = qf.shape
-    step = max(1, min(rows, CHUNK_ELEMENTS // max(1, b * h * keys)))
+    step = max(1, min(rows, max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, b * h * keys))))
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
@@ -92,11 +103,13 @@ class _RingAttention(torch.autograd.Function):
                 mask = _block_mask(j, block, num_tokens, q.device)
                 for c in _row_chunks(qf, block):
                     s = _scores(qf[:, :, c], kv[0], scale, mask)
-                    lse_b = torch.logsumexp(s, dim=-1)
-                    o_b = torch.matmul(torch.exp(s - lse_b.unsqueeze(-1)), kv[1])
+                    m = s.amax(dim=-1, keepdim=True)  # a block with a real key: finite in every row
+                    p = s.sub_(m).exp_()  # in place: one chunk-sized tensor
+                    lse_b = m.squeeze(-1) + p.sum(dim=-1).log()
+                    o_b = torch.matmul(p, kv[1]).mul_(torch.exp(m.squeeze(-1) - lse_b).unsqueeze(-1))
                     new = torch.logaddexp(lse[:, :, c], lse_b)
-                    out[:, :, c] = (out[:, :, c] * torch.exp(lse[:, :, c] - new).unsqueeze(-1)
-                                    + o_b * torch.exp(lse_b - new).unsqueeze(-1))
+                    out[:, :, c].mul_(torch.exp(lse[:, :, c] - new).unsqueeze(-1))
+                    out[:, :, c].add_(o_b.mul_(torch.exp(lse_b - new).unsqueeze(-1)))
                     lse[:, :, c] = new
             if nxt is not None:
                 kv = nxt
@@ -120,12 +133,13 @@ class _RingAttention(torch.autograd.Function):
             if j * block < num_tokens:
                 mask = _block_mask(j, block, num_tokens, qf.device)
                 for c in _row_chunks(qf, block):
-                    s = _scores(qf[:, :, c], kv[0], scale, mask)
-                    p = torch.exp(s - lse[:, :, c].unsqueeze(-1))  # masked keys: exp(-inf) = 0
+                    p = _scores(qf[:, :, c], kv[0], scale, mask).sub_(lse[:, :, c].unsqueeze(-1)).exp_()
+                    # masked keys: exp(-inf) = 0; p and ds are the only chunk-sized tensors, both in place
                     dkv[1] += torch.matmul(p.transpose(-1, -2), do[:, :, c])
-                    ds = p * (torch.matmul(do[:, :, c], kv[1].transpose(-1, -2)) - D[:, :, c])
-                    dq[:, :, c] += torch.matmul(ds, kv[0]) * scale
-                    dkv[0] += torch.matmul(ds.transpose(-1, -2), qf[:, :, c]) * scale
+                    ds = torch.matmul(do[:, :, c], kv[1].transpose(-1, -2)).sub_(D[:, :, c]).mul_(p)
+                    del p
+                    dq[:, :, c].add_(torch.matmul(ds, kv[0]), alpha=scale)
+                    dkv[0].add_(torch.matmul(ds.transpose(-1, -2), qf[:, :, c]), alpha=scale)
             if i < R - 1:  # the block and its gradients so far move on together
                 both = comm.shift(torch.cat([kv, dkv]))
                 kv, dkv = both[:2], both[2:]
