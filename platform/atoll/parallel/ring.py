@@ -64,18 +64,14 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor |
     return s
 
 
-def _default_chunk_elements() -> int:
-    return int(os.environ.get("ATOLL_RING_CHUNK_ELEMENTS", 1 << 18))
-
-
 #: score elements (b * h * rows * keys) one query chunk may hold at once: bounds the transient memory of
 #: a block (like flash attention's tiles) instead of materialising ``s_block x s_block`` scores per head.
 #: At most two chunk-sized tensors live at once (scores / probabilities, updated in place, and ``dp``
 #: in backward): 2 MB at the default 2^18 (``ATOLL_RING_CHUNK_ELEMENTS`` overrides it), but never fewer
 #: than ``MIN_CHUNK_ROWS`` query rows, so long blocks with many heads are not cut into one-row matmuls
 #: (then a chunk holds ``MIN_CHUNK_ROWS / head_dim`` times this rank's q block: still a fraction of
-#: the activations). Measured in ``bench/results/sequence_parallel_train.md``.
-CHUNK_ELEMENTS = _default_chunk_elements()
+#: the activations). The sweep that chose it: ``bench/results/ring_chunks.md``.
+CHUNK_ELEMENTS = int(os.environ.get("ATOLL_RING_CHUNK_ELEMENTS", 1 << 18))
 MIN_CHUNK_ROWS = 64
 
 
@@ -105,11 +101,10 @@ class _RingAttention(torch.autograd.Function):
                     s = _scores(qf[:, :, c], kv[0], scale, mask)
                     m = s.amax(dim=-1, keepdim=True)  # a block with a real key: finite in every row
                     p = s.sub_(m).exp_()  # in place: one chunk-sized tensor
-                    lse_b = m.squeeze(-1) + p.sum(dim=-1).log()
-                    o_b = torch.matmul(p, kv[1]).mul_(torch.exp(m.squeeze(-1) - lse_b).unsqueeze(-1))
-                    new = torch.logaddexp(lse[:, :, c], lse_b)
+                    new = torch.logaddexp(lse[:, :, c], m.squeeze(-1) + p.sum(dim=-1).log())
+                    # out * exp(lse - new) + (p @ v) * exp(m - new): the block's rows, renormalised once
                     out[:, :, c].mul_(torch.exp(lse[:, :, c] - new).unsqueeze(-1))
-                    out[:, :, c].add_(o_b.mul_(torch.exp(lse_b - new).unsqueeze(-1)))
+                    out[:, :, c].add_(torch.matmul(p, kv[1]).mul_(torch.exp(m - new.unsqueeze(-1))))
                     lse[:, :, c] = new
             if nxt is not None:
                 kv = nxt
