@@ -190,8 +190,10 @@ def test_partition_through_ray_tasks_matches_the_in_memory_path(ray_local, any_s
     assert np.array_equal(cluster, ref.assignment)  # same clusters, sample for sample
     assert m["fine_to_coarse"] == ref.fine_to_coarse.tolist() and m["fine_fit_samples"] == 1537
     cz = np.load(io.BytesIO(run.get_bytes("partition/centroids.npz")))
-    assert np.array_equal(cz["fine_centroids"], ref.fine_centroids)
-    assert np.allclose(cz["coarse_centroids"], ref.coarse_centroids, atol=1e-5)
+    # the same centroids up to float32 rounding (the assignments above are exact): per-shard feature blocks
+    # take other BLAS kernels than the whole matrix on some CPUs (an AMD EPYC: 7e-5 apart on values up to 1.8)
+    assert np.allclose(cz["fine_centroids"], ref.fine_centroids, rtol=1e-4, atol=2e-4)
+    assert np.allclose(cz["coarse_centroids"], ref.coarse_centroids, rtol=1e-4, atol=2e-4)
     from atoll.data.report import agreement
 
     assert m["agreement"] == agreement(arrays.labels, ref.assignment, k, 10)

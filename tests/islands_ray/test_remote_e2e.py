@@ -82,7 +82,6 @@ def _kill_b_after_first_checkpoint(run, cluster, seen: dict, deadline: float) ->
 
 
 @pytest.mark.timeout(1800)  # ~6 min idle; two clusters + 3 experts + router on 2 cores
-@pytest.mark.xfail(strict=False, reason="failed in the CI check of the merged main (2026-12-02; passed on its branch before the streaming and training merges); cause not found yet")
 def test_two_clusters_s3_failover(ray_islands, s3_server, tmp_path, monkeypatch, capsys):
     from atoll import pipeline
     from atoll.cli import app
@@ -171,7 +170,9 @@ def test_two_clusters_s3_failover(ray_islands, s3_server, tmp_path, monkeypatch,
     assert " a " in row and " 2 " in row and "60/60" in row
     out = cli.invoke(app, ["logs", str(spec_path), "--expert", "0", "--tail", "0"])
     assert out.exit_code == 0, out.output
-    assert a.gcs_address in out.output       # a's job connected to a's own GCS
+    # the log is a's own Jobs API's (the job ran on cluster a; Ray's "Connecting to existing Ray cluster at
+    # <gcs>" line is no longer printed since the quiet console, so the GCS address is not asserted)
+    assert f"on island a ({a.address})" in out.output and "expert-000" in out.output
     # b's GCS may only show up in Ray's local process scan ("Found multiple active Ray instances",
     # both clusters share this machine), never as an address a job connected to
     assert all("multiple active Ray instances" in ln for ln in out.output.splitlines() if b.gcs_address in ln)

@@ -129,14 +129,64 @@ def _router_stats(client) -> dict[int, dict]:
     return seen
 
 
-@pytest.mark.xfail(strict=False, reason="failed once in the CI check of the merged main while another training ran beside it (2026-12-02): replica-kill timing under load, not investigated yet")
 def test_a_killed_expert_replica_is_retried_on_the_other(client, served):
+    """What a client sees: every answer right, none degraded. Where the retry happens depends on the kill's
+    timing: a call already running on the killed replica fails in ``RemoteExpert`` and is retried there
+    (``expert_retries``, tested deterministically below); a call sent after the kill is re-routed by
+    Serve's own router, which never hands it to us as a failure (the xfail of stops 22-24 asserted the
+    first on a kill that mostly lands between calls)."""
     victim = replica_actors("Expert-000")[0]
-    before = sum(s["expert_retries"] for s in _router_stats(client).values())
     results = _under_traffic(client, "Expert-000", [victim])
     for r in results:
         assert np.array_equal(images(r), served["want"]) and "x-atoll-degraded" not in r.headers
-    assert sum(s["expert_retries"] for s in _router_stats(client).values()) > before  # a call was retried
+
+
+def test_an_expert_call_running_on_a_dying_replica_is_retried_on_the_other(served, tmp_path):
+    """Deterministic: a real two-replica Serve deployment whose first call kills its own replica mid-call
+    (``os._exit``), behind the real ``RemoteExpert`` of the Router replicas: the call is retried on the
+    other replica, counted once, and answered; with no replica left it is ``ExpertDown``."""
+    import asyncio
+    import os
+    from types import SimpleNamespace
+
+    import torch
+    from ray import serve
+
+    from atoll.serve.deployments import ReplicaOptions, RemoteExpert
+    from atoll.serve.expert_batch import ExpertBatch
+    from atoll.serve.routing import ExpertDown
+
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
+    class DiesOnFirstCall:
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def velocity(self, b):
+            try:
+                os.remove(self.marker)  # only the replica that removes the marker dies
+            except FileNotFoundError:
+                return b.x * 2
+            os._exit(1)
+
+    marker = tmp_path / "die"
+    marker.write_text("")
+    handle = serve.run(DiesOnFirstCall.bind(str(marker)), name="dies-once", route_prefix=None)
+    running = {"n": 2}
+    owner = SimpleNamespace(options=ReplicaOptions(expert_timeout_s=30),
+                            scheduler=SimpleNamespace(counters=SimpleNamespace(expert_retries=0)),
+                            running=lambda name: running["n"])
+    batch = ExpertBatch(x=torch.ones(3, 1, 4, 4), t=torch.full((3,), 0.5))
+    try:
+        out = asyncio.run(RemoteExpert(0, handle, owner)(batch))
+        assert torch.equal(out, batch.x * 2) and not marker.exists()
+        assert owner.scheduler.counters.expert_retries == 1
+        marker.write_text("")
+        running["n"] = 1   # the status poll says one replica is left: the next death is not retried
+        with pytest.raises(ExpertDown, match="DiesOnFirstCall|Expert-000"):
+            asyncio.run(RemoteExpert(0, handle, owner)(batch))
+        assert owner.scheduler.counters.expert_retries == 1
+    finally:
+        serve.delete("dies-once")
 
 
 def test_with_no_expert_replica_left_rows_are_rerouted_then_it_recovers(client, served):
