@@ -4,6 +4,7 @@ process per rank, started by ``plain_launch.run_workers``). Each writes ``OUT_DI
 * ``master``: for every ZeRO stage 0-3 in fp32 and bf16, the master-weight parts assembled by
   ``ds_master.MasterWeights`` equal DeepSpeed's own full fp32 weights, parts cut from full tensors
   equal the parts, and the sharded EMA equals an EMA of the full fp32 weights kept alongside.
+* ``shm``: an engine's communication backend: DeepSpeed's shared-memory op only with 2+ ranks.
 * ``save`` / ``load``: a bf16 engine (ZeRO stage ``CHECK_ZERO_STAGE``, default 2) + EMA saved at one
   world size and resumed (through
   ``resume.prepare_resume``, i.e. a universal checkpoint) at another: weights, Adam moments and EMA
@@ -166,6 +167,16 @@ def check_load(rank: int, world: int, out: Path) -> dict:
             "err_ema": max(float((e[k] - expected["ema"][k]).abs().max()) for k in expected["ema"])}
 
 
+def check_shm(rank: int, world: int) -> dict:
+    """Which collectives the engine's backend uses: no shared-memory op at one rank (nothing was built)."""
+    import deepspeed.comm.comm as ds_comm
+
+    from atoll.train import deepspeed_engine as dse
+
+    dse.initialize(_model(), _training(0, False, world), world, False)
+    return {"world": world, "shm_op": ds_comm.cdb.shm_comm_op is not None}
+
+
 def main() -> None:
     check, out = sys.argv[1], Path(sys.argv[2])
     from atoll.train.context import plain_context
@@ -173,7 +184,8 @@ def main() -> None:
     ctx = plain_context()
     fn = {"master": lambda: check_master(ctx.rank, ctx.world),
           "save": lambda: check_save(ctx.rank, ctx.world, out),
-          "load": lambda: check_load(ctx.rank, ctx.world, out)}[check]
+          "load": lambda: check_load(ctx.rank, ctx.world, out),
+          "shm": lambda: check_shm(ctx.rank, ctx.world)}[check]
     result = fn()
     (out / f"{check}-rank{ctx.rank}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     torch.distributed.destroy_process_group()

@@ -41,6 +41,16 @@ def test_master_weights_and_sharded_ema_equal_deepspeeds_fp32_weights(tmp_path):
                 assert r["part_numel"] < 0.51 * r["full_numel"], case
 
 
+def test_a_one_rank_engine_builds_no_shared_memory_collectives(tmp_path, monkeypatch):
+    """One rank: DeepSpeed's JIT-built shm op is never built (an empty extension cache stays empty). The
+    two-rank checks in this file run with it wherever DeepSpeed finds it compatible."""
+    cache = tmp_path / "torch-extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    run_workers([CHECKS, "shm", str(tmp_path)], world=1, timeout=600)
+    assert json.loads((tmp_path / "shm-rank0.json").read_text()) == {"world": 1, "shm_op": False}
+    assert not any(cache.rglob("*.so"))
+
+
 @pytest.mark.parametrize("stage,saved_world,world", [(2, 2, 1), (3, 1, 2)])
 def test_checkpoint_resumes_resharded_at_another_world_size(tmp_path, stage, saved_world, world):
     env = {"CHECK_ZERO_STAGE": str(stage)}
