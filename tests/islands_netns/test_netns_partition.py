@@ -33,6 +33,9 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = str(Path(sys.executable).parent)
 KEY, SECRET = "atoll-netns-key", "atoll-netns-secret"
 LOST_AFTER = 10
+# the cut comes after expert 0's first checkpoint and before half its steps (scenario.py): at ~14 steps/s
+# on 2 cores that window is 75 steps = ~5 s; the scenario polls every 0.3 s
+STEPS, CKPT = 200, 25
 
 
 def _env(**extra) -> dict[str, str]:
@@ -56,7 +59,7 @@ def job_yaml(t: Topology, bucket: str) -> str:
           partition: {{k: 2, fineClusters: 16}}
           experts:
             model: DiT-XXS/2
-            training: {{steps: 400, batchSize: 32, checkpointEvery: 50, logEvery: 10, lr: 0.002}}
+            training: {{steps: {STEPS}, batchSize: 32, checkpointEvery: {CKPT}, logEvery: 5, lr: 0.002}}
             scaling: {{numWorkers: 1, cpusPerWorker: 1}}
           router:
             model: Router-XS
@@ -184,12 +187,12 @@ def test_a_cut_link_fences_the_lost_islands_attempt(topology, tmp_path, capsys):
     # resumed on b from the last checkpoint committed before the cut; nothing committed was lost
     m0 = rep["manifests"]["experts/000"]
     assert m0["resumed_from_step"] == rep["at_cut"]["latest_checkpoint"] > 0, (m0, rep["at_cut"])
-    assert m0["steps"] == 400 and m0["attempt"] == u0["attempt"] and rep["model_attempt"] == u0["attempt"]
+    assert m0["steps"] == STEPS and m0["attempt"] == u0["attempt"] and rep["model_attempt"] == u0["attempt"]
     assert rep["model_files_match"] and rep["checkpoint_files_present"]
     assert set(rep["checkpoints"].values()) == {u0["attempt"]}                     # only b's attempt since
     steps = rep["metrics_steps"]
-    assert steps == sorted(set(steps)) and steps[-1] == 400
-    assert rep["manifests"]["experts/001"]["steps"] == 400 and rep["manifests"]["router"] is not None
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS
+    assert rep["manifests"]["experts/001"]["steps"] == STEPS and rep["manifests"]["router"] is not None
 
     # island a came back: its old attempt's writes were refused and it ended without committing
     assert rep["old_attempt_status"] in ("FAILED", "STOPPED"), rep.get("old_attempt_log", "")[-2000:]
