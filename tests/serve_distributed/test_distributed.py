@@ -119,16 +119,6 @@ def test_a_killed_router_replica_is_retried_on_the_other(client, served):
     assert any(r.headers.get("x-atoll-retried") == "1" for r in results), "no request was restarted elsewhere"
 
 
-def _router_stats(client) -> dict[int, dict]:
-    """``/v1/stats`` of both Router replicas (each answer comes from one of them)."""
-    seen: dict[int, dict] = {}
-    deadline = time.monotonic() + 30
-    while len(seen) < 2 and time.monotonic() < deadline:
-        s = client.get("/v1/stats").json()
-        seen[s["pid"]] = s
-    return seen
-
-
 def test_a_killed_expert_replica_is_retried_on_the_other(client, served):
     """What a client sees: every answer right, none degraded. Where the retry happens depends on the kill's
     timing: a call already running on the killed replica fails in ``RemoteExpert`` and is retried there

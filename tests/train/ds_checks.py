@@ -4,7 +4,7 @@ process per rank, started by ``plain_launch.run_workers``). Each writes ``OUT_DI
 * ``master``: for every ZeRO stage 0-3 in fp32 and bf16, the master-weight parts assembled by
   ``ds_master.MasterWeights`` equal DeepSpeed's own full fp32 weights, parts cut from full tensors
   equal the parts, and the sharded EMA equals an EMA of the full fp32 weights kept alongside.
-* ``shm``: an engine's communication backend: DeepSpeed's shared-memory op only with 2+ ranks.
+* ``shm``: whether an engine's communication backend holds DeepSpeed's shared-memory op (none at one rank).
 * ``save`` / ``load``: a bf16 engine (ZeRO stage ``CHECK_ZERO_STAGE``, default 2) + EMA saved at one
   world size and resumed (through
   ``resume.prepare_resume``, i.e. a universal checkpoint) at another: weights, Adam moments and EMA
