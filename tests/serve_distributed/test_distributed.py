@@ -3,7 +3,8 @@ runs the scheduler with the router and calls Expert-000 / Expert-001 (2 replicas
 
 Text prompts over HTTP equal the library's ``Ensemble.sample(prompts=...)``; a killed Router replica
 or a killed expert replica is retried on the other replica (same images, no 5xx); with no replica of
-an expert left its rows are rerouted (``X-Atoll-Degraded``) until Serve brings it back.
+an expert left its rows are rerouted (``X-Atoll-Degraded``), or held while Serve starts a replacement,
+until Serve brings it back.
 """
 from __future__ import annotations
 
@@ -179,10 +180,20 @@ def test_an_expert_call_running_on_a_dying_replica_is_retried_on_the_other(serve
         serve.delete("dies-once")
 
 
-def test_with_no_expert_replica_left_rows_are_rerouted_then_it_recovers(client, served):
+def test_with_no_expert_replica_left_every_answer_is_rerouted_or_exact_then_it_recovers(client, served):
+    """Both Expert-001 replicas killed under traffic. What a client may see depends on how long the outage
+    lasts: while the status poll sees no running replica (or a held call times out) the expert's rows are
+    rerouted and the answer says so (``X-Atoll-Degraded``, the path tested deterministically in
+    tests/serve/test_scheduler.py and above); when Serve starts a replacement within ``expert_timeout_s``
+    it holds the calls instead, and the answer is exactly the library's (seen in 1 of 4 CI runs). Never
+    a 5xx, never a silently wrong image, and afterwards the replaced expert is used again."""
     results = _under_traffic(client, "Expert-001", replica_actors("Expert-001"))
     assert all(r.status_code == 200 for r in results), sorted({r.status_code for r in results})
-    assert any(r.headers.get("x-atoll-degraded") == "expert-001" for r in results), "no answer said it was degraded"
+    for r in results:
+        if "x-atoll-degraded" in r.headers:
+            assert r.headers["x-atoll-degraded"] == "expert-001"
+        else:
+            assert np.array_equal(images(r), served["want"]), "an answer not marked degraded differs from the library's"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the replaced expert is used again
         r = client.post("/v1/generate", json=BODY)
