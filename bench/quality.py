@@ -7,7 +7,8 @@ training FLOPs *including the router's* (the monolith trains the ensemble's expe
 a monolith, K=4 and K=8 experts on the k-means partition, K=4 and K=8 on a random partition
 (``bench/quality/*.yaml``), and the recipe-robustness arms: the K=4 recipe on Fashion-MNIST given as
 an image folder of PNGs (``fmnist-png``, same data, other path) and on real MNIST digits (``mnist``,
-``bench/quality_data.py``). Then samples the same class-balanced labels from the same noise per
+``bench/quality_data.py``), and ``distilled``: one DiT distilled from the K=4 k-means ensemble
+(``atoll distill``; its FLOPs are the student's training + the teacher's forward passes). Then samples the same class-balanced labels from the same noise per
 strategy, scores them (``atoll.eval``: FID in a real-data classifier's feature space, class accuracy,
 precision/recall) with 95% bootstrap intervals and paired comparisons (``bench/quality_stats.py``),
 and writes ``bench/results/quality/``: ``table.md``, ``fid_vs_flops.png``, ``grids.png``,
@@ -38,10 +39,10 @@ from quality_stats import fid_interval  # noqa: E402
 
 SPECS = HERE / "quality"
 OUT = HERE / "results" / "quality"
-ARMS = ("kmeans", "kmeans8", "random", "random8", "monolith", "fmnist-png", "mnist")
+ARMS = ("kmeans", "kmeans8", "random", "random8", "monolith", "fmnist-png", "mnist", "distilled")
 #: arm -> (spec file, data override: None = the spec's own data, else an image folder made by quality_data)
 ARM_SPECS = {"monolith": "monolith", "kmeans": "kmeans", "random": "random", "kmeans8": "kmeans8",
-             "random8": "random8", "fmnist-png": "kmeans", "mnist": "kmeans"}
+             "random8": "random8", "fmnist-png": "kmeans", "mnist": "kmeans", "distilled": "kmeans"}
 FOLDERS = {"fmnist-png": fmnist_png_folder, "mnist": mnist_folder}
 REFERENCE = {"mnist": "mnist"}  # every other arm is scored against the Fashion-MNIST test set
 
@@ -149,6 +150,17 @@ def train_flops(job: spec.JobSpec, store: str) -> tuple[float, float]:
     experts = sum(run.manifest(f"experts/{k:03d}")["train_flops"] for k in range(job.spec.num_experts))
     router = (run.manifest("router") or {}).get("train_flops", 0) if job.spec.num_experts > 1 else 0
     return float(experts), float(router or 0)
+
+
+def distil(teacher: spec.JobSpec, store: str) -> tuple[spec.JobSpec, tuple[float, float], float]:
+    """The student of ``teacher`` (trained, or found trained): its job, (student training + teacher forward
+    FLOPs, 0), wall seconds."""
+    from atoll.distill import distill
+
+    console().rule(f"[bold]distilled[/bold]: one DiT from {teacher.name}")
+    t0 = time.time()
+    d = distill(teacher, store_uri=store, on_progress=lambda m: console().print(f"  {m}"))
+    return d.job, (d.manifest["student_train_flops"] + d.manifest["teacher_flops"], 0.0), time.time() - t0
 
 
 # -- sampling + scoring ---------------------------------------------------------------------
@@ -259,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for arm, job in jobs.items():  # each arm is trained, scored and tabulated before the next starts
         walls.update(train({arm: job}, a.store, jobs))
-        flops[arm] = train_flops(job, a.store)
+        if arm == "distilled":  # the K=4 k-means ensemble (trained above, or skipped) is the teacher
+            job, flops[arm], wall = distil(job, a.store)
+            walls[arm] += wall
+        else:
+            flops[arm] = train_flops(job, a.store)
         console().rule(f"[bold]{arm}: sampling + scoring[/bold]")
         rows += sample_and_score(arm, job, a.store, work, a.inception, a.experts_alone)
         quality_report.write_all(out, work, rows, flops, walls, size=a.size, command=command.strip(),

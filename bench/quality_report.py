@@ -14,9 +14,10 @@ from quality_stats import paired_difference
 
 NAMES = {"monolith": "monolith (all data)", "kmeans": "K=4 experts, k-means", "random": "K=4 experts, random",
          "kmeans8": "K=8 experts, k-means", "random8": "K=8 experts, random",
-         "fmnist-png": "K=4 k-means, Fashion-MNIST as PNG folder", "mnist": "K=4 k-means, MNIST digits (5k)"}
+         "fmnist-png": "K=4 k-means, Fashion-MNIST as PNG folder", "mnist": "K=4 k-means, MNIST digits (5k)",
+         "distilled": "one DiT distilled from K=4 k-means"}
 COLORS = {"monolith": "k", "kmeans": "C0", "random": "C1", "kmeans8": "C2", "random8": "C3", "fmnist-png": "C4",
-          "mnist": "C5"}
+          "mnist": "C5", "distilled": "C6"}
 ENSEMBLES = ("kmeans", "kmeans8", "random", "random8")
 
 
@@ -53,13 +54,15 @@ def verdicts(rows: list[dict], work: Path) -> list[dict]:
     if mono:
         for arm in ENSEMBLES:
             pairs += [((arm, st), ("monolith", "-")) for st in ("top1", "top2", "full") if _final(rows, arm, st)]
+    if mono and _final(rows, "distilled", "-"):
+        pairs.append((("distilled", "-"), ("monolith", "-")))
     if _final(rows, "fmnist-png", "top1") and _final(rows, "kmeans", "top1"):
         pairs.append((("fmnist-png", "top1"), ("kmeans", "top1")))
     for (a_arm, a_st), (b_arm, b_st) in pairs:
         a, b = _final(rows, a_arm, a_st), _final(rows, b_arm, b_st)
         d = paired_difference(_feats(work, a), _feats(work, b), real_features(a["reference"]))
         word = {"a better": "ahead", "b better": "behind", "tie": "tie"}[d["verdict"]]
-        out.append({"a": f"{NAMES[a_arm]} {a_st}", "b": NAMES[b_arm] + ("" if b_st == "-" else f" {b_st}"),
+        out.append({"a": NAMES[a_arm] + ("" if a_st == "-" else f" {a_st}"), "b": NAMES[b_arm] + ("" if b_st == "-" else f" {b_st}"),
                     **d, "word": word})
     return out
 
@@ -129,7 +132,8 @@ def table(rows, flops, walls, verdict_rows, *, size, command, total_s, load_star
         *lines, "", "Paired comparisons (same samples resampled for both rows; verdict = the interval excludes 0):",
         "", *vt, "", "The recipe on other data paths and datasets (top-1):", "", *data, "",
         "Along training (the experts' EMA snapshots with the final router):", "", *curve, "",
-        "Training compute:", "", *ft, "",
+        "Training compute (the distilled row: the student's training + the teacher's forward passes; the teacher "
+        "ensemble's own training is the K=4 k-means row's):", "", *ft, "",
         "Plots: `fid_vs_flops.png`, `grids.png` (one row per model/strategy, one image per class).", ""])
 
 

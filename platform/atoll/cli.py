@@ -221,6 +221,28 @@ def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] 
 
 
 @app.command()
+def distill(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--store", help="Override spec.store.uri."),
+            model: Optional[str] = typer.Option(None, "--model", help="The student's DiT size (default: distill.model, "
+                                                "else experts.model)."),
+            steps: Optional[int] = typer.Option(None, "--steps", help="The student's training steps (default: "
+                                                "distill.training, else the experts' steps)."),
+            strategy: Optional[str] = typer.Option(None, "--strategy", help="The teacher's routing (default: "
+                                                   "distill.strategy, top1).")):
+    """Distils the job's trained ensemble into one dense student DiT (a one-model run for sample / serve)."""
+    from atoll.distill import distill as run_distill
+    from atoll.distill import with_overrides
+
+    spec = with_overrides(_load(job), model=model, steps=steps, strategy=strategy)
+    out = run_distill(spec, store_uri=store, on_progress=lambda m: console().print(m))
+    m = out.manifest
+    word = "trained" if out.trained else "[dim]already trained (skipped)[/dim]"
+    console().print(f"student [bold]{out.job.name}[/bold] ({m['student_model']}) {word}: {out.uri}")
+    console().print(f"  FLOPs: student training {m['student_train_flops']:.3e} + teacher forwards "
+                    f"{m['teacher_flops']:.3e} = {m['total_flops']:.3e}; final loss {m['final_loss']:.4f}")
+    console().print(f"  next: atoll sample {out.uri} --class 0   |   atoll serve {out.uri}")
+
+
+@app.command()
 def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
            strategy: str = typer.Option("top1", "--strategy", help="full, top1, top2, ... topN."),
            class_: Optional[str] = typer.Option(None, "--class", help="Class index or name; default: cycle through classes."),

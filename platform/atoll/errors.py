@@ -18,5 +18,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from atoll.eval.errors import EvalError
     from atoll.sampling.errors import SamplingError
 
-    errs += [DataError, KubernetesError, EvalError, SamplingError]
+    from atoll.distill import DistillError
+
+    errs += [DataError, KubernetesError, EvalError, SamplingError, DistillError]
     return tuple(errs)

@@ -22,3 +22,10 @@ def open_run(job: JobSpec, store_uri: str | None = None, s3: S3Config | None = N
     """The run's folder in the store: ``<store>/<metadata.name>`` (``store_uri`` overrides ``spec.store.uri``,
     ``s3`` the spec's S3 settings)."""
     return open_store(store_uri or job.spec.store.uri, s3 if s3 is not None else s3_config(job)).sub(job.name)
+
+
+def sibling_run(run: Store, name: str) -> Store:
+    """Another run in the same store as ``run``: ``<store>/<name>`` (e.g. a distilled run's teacher), opened
+    with ``run``'s S3 settings (a prefix view's are its parent's)."""
+    config = getattr(run, "config", None) or getattr(getattr(run, "parent", None), "config", None)
+    return open_store(f"{run.uri.rstrip('/').rsplit('/', 1)[0]}/{name}", config)

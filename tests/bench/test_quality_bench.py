@@ -42,13 +42,14 @@ def test_paired_difference_calls_ties_and_wins():
 
 @pytest.mark.slow
 def test_quality_and_router_benches_run_at_tiny_size(tmp_path):
-    """Two arms (monolith and K=4 k-means) and two router candidates, tiny: tables with intervals come out."""
+    """Three arms (monolith, K=4 k-means, one DiT distilled from it) and two router candidates, tiny: tables
+    with intervals come out."""
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT / "platform"),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DS_ACCELERATOR": "cpu",
            "HF_HUB_OFFLINE": "1", "ATOLL_QUIET": "1", "HOME": str(Path.home())}
     store, out, work = tmp_path / "runs", tmp_path / "out", tmp_path / "work"
     q = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--size", "small", "--arms",
-                        "kmeans,monolith", "--store", str(store), "--out", str(out), "--work", str(work)],
+                        "kmeans,monolith,distilled", "--store", str(store), "--out", str(out), "--work", str(work)],
                        capture_output=True, text=True, timeout=1500, cwd=str(ROOT), env=env)
     assert q.returncode == 0, q.stdout[-2000:] + q.stderr[-3000:]
     table = (out / "table.md").read_text()
@@ -58,6 +59,11 @@ def test_quality_and_router_benches_run_at_tiny_size(tmp_path):
     assert all(r["fid_lo"] <= r["fid"] <= r["fid_hi"] for r in scores["rows"])
     mono = next(r for r in scores["rows"] if r["arm"] == "monolith" and r["step"] is None)
     assert mono["train_steps"] > 6  # the monolith also gets the router's training FLOPs
+    student = next(r for r in scores["rows"] if r["arm"] == "distilled" and r["step"] is None)
+    assert student["gflops_per_image"] == mono["gflops_per_image"] and student["run"].startswith("bq-kmeans-distilled")
+    assert "| one DiT distilled from K=4 k-means | monolith (all data) |" in table
+    fe, fr = scores["train_flops"]["distilled"]
+    assert fe > 0 and fr == 0
     assert (out / "fid_vs_flops.png").stat().st_size > 0
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "routers.py"), "--size", "small", "--store", str(store),
                         "--candidates", "Router-XS@16,Router-XS@16:none", "--num-per-class", "2", "--out", str(out)],

@@ -51,6 +51,17 @@ def _expert_count(store: Store, job: dict | None) -> tuple[int, bool]:
     return n, n == 1 and not store.exists("router/model/manifest.json")
 
 
+def data_store(store: Store, body: dict) -> Store:
+    """The run whose data the run at ``store`` was trained on: itself, or a distilled student's teacher
+    (``experts.distillFrom``, a run in the same store; the student holds no data of its own)."""
+    teacher = body.get("experts", {}).get("distillFrom")
+    if not teacher:
+        return store
+    from atoll.run_store import sibling_run
+
+    return sibling_run(store, teacher)
+
+
 def inspect_run(store: Store) -> RunInfo:
     """Reads the run's layout; raises ``RunNotFound`` (naming the URI and the fix) when it is not a run."""
     job = store.get_json("job.json") if store.exists("job.json") else None
@@ -59,10 +70,12 @@ def inspect_run(store: Store) -> RunInfo:
         raise RunNotFound(f"no Atoll run at {store.uri}: found no job.json and no experts/000/; pass the run folder "
                           "(<store>/<job name>, e.g. ./runs/quickstart or s3://bucket/prefix/quickstart) or the job "
                           "YAML, and train it first with `atoll run JOB.yaml`")
-    data = store.manifest("data") or {}
+    body = (job or {}).get("spec", {}).get("spec", {})
+    facts = data_store(store, body)
+    data = facts.manifest("data") or {}
     names = list(data.get("class_names") or [])
-    enabled = (job or {}).get("spec", {}).get("spec", {}).get("latents", {}).get("enabled", False)
-    latents = store.manifest("latents") if enabled else None
+    enabled = body.get("latents", {}).get("enabled", False)
+    latents = facts.manifest("latents") if enabled else None
     if enabled and latents is None:
         raise RunNotFound(f"the run at {store.uri} trains on latents, but latents/ is not committed; run its "
                           "encode stage (`atoll run JOB.yaml`)")

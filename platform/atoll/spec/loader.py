@@ -127,6 +127,10 @@ def _check_sizes(doc: dict) -> list[Problem]:
     if m is not None and m not in DIT_SIZE_NAMES + VIDEO_DIT_SIZE_NAMES:
         out.append(Problem("spec.experts.model", f"unknown DiT size; use one of {', '.join(DIT_SIZE_NAMES)} (images) "
                            f"or {', '.join(VIDEO_DIT_SIZE_NAMES)} (video)", m, True))
+    d = named("distill", None)
+    if d is not None and d not in DIT_SIZE_NAMES:
+        out.append(Problem("spec.distill.model", f"unknown DiT size for the student; use one of "
+                           f"{', '.join(DIT_SIZE_NAMES)}", d, True))
     r = named("router", RouterSpec.model_fields["model"].default)
     if r is not None and r not in ROUTER_SIZE_NAMES:
         out.append(Problem("spec.router.model", f"unknown router size; use one of {', '.join(ROUTER_SIZE_NAMES)}",

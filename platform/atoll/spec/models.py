@@ -347,7 +347,8 @@ def check_batch_split(t: TrainingSpec, scaling: ScalingSpec) -> None:
                          f"{max(1, t.batch_size // (w * t.grad_accum)) * w * t.grad_accum}")
 
 
-class ExpertsSpec(Base):
+class ExpertsSpec(OmitsLaterDefaults):
+    LATER: ClassVar[tuple[str, ...]] = ("distill_from",)
     recipe: str | None = Field(None, description="An experts/*.yaml recipe (name or path); its keys are defaults for this section.")
     model: str = Field("DiT-XS/2", description="A named DiT size, e.g. DiT-XS/2, DiT-S/2, DiT-B/2.")
     conditioning: Literal["class", "text", "none"] = "class"
@@ -357,11 +358,43 @@ class ExpertsSpec(Base):
         "ensemble", description="monolith: one model on all data with k times the batch, for FLOP-matched comparison.")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    distill_from: str | None = Field(None, description=(
+        "Set by `atoll distill`: the teacher run's name in the same store. This one model (mode: monolith) "
+        "is trained to match that ensemble's velocity instead of the data's flow target."))
 
     @model_validator(mode="after")
     def _batch(self):
         check_batch_split(self.training, self.scaling)
+        if self.distill_from is not None and self.mode != "monolith":
+            raise FieldError("distillFrom", "experts.distillFrom trains one student model: it needs experts.mode: "
+                             "monolith (use `atoll distill JOB.yaml`, which writes the student's spec)")
         return self
+
+
+class DistillSpec(Base):
+    """``atoll distill``: one dense student DiT trained to match the ensemble's velocity (the ensemble
+    as teacher, on noised training data), on its own island. Unset fields take the experts' values."""
+    name: str | None = Field(None, description="The student run's name (default: <metadata.name>-distilled).")
+    model: str | None = Field(None, description="The student's DiT size (default: experts.model).")
+    strategy: str = Field("top1", description=(
+        "The teacher's routing: top1 (the ensemble as it is served cheapest), topN or full."))
+    training: TrainingSpec | None = Field(None, description="The student's training (default: experts.training "
+                                          "with the batch the ensemble's experts saw together, experts x batchSize).")
+    scaling: ScalingSpec | None = Field(None, description="The student's island (default: experts.scaling).")
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str | None) -> str | None:
+        if v is not None and not DNS_LABEL.match(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v != "full" and not (v.startswith("top") and v[3:].isdigit() and int(v[3:]) >= 1):
+            raise ValueError("use top1, top2 ... topN or full")
+        return v
 
 
 class RouterSpec(Base):
@@ -570,7 +603,8 @@ class ServeSpec(Base):
 
 
 # -- the job ------------------------------------------------------------------------
-class JobSpecBody(Base):
+class JobSpecBody(OmitsLaterDefaults):
+    LATER: ClassVar[tuple[str, ...]] = ("distill",)
     store: StoreSpec = Field(default_factory=StoreSpec)
     data: DataSpec
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
@@ -580,6 +614,7 @@ class JobSpecBody(Base):
     islands: IslandsSpec = Field(default_factory=IslandsSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
 
     @model_validator(mode="after")
     def _cross(self):

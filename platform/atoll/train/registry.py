@@ -2,7 +2,8 @@
 
 Each kind names the module that defines it (like an entry point); the module registers
 its class with ``@register(kind)`` when imported, and ``make_task`` imports it on first
-use. Task modules import this one and each other only downward (``tasks`` <- ``video_task``);
+use. Task modules import this one and each other only downward (``tasks`` <- ``video_task``,
+``distill_task``);
 nothing here imports a task module by name at import time.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ KINDS: dict[str, str] = {
     "image-expert": "atoll.train.tasks",
     "router": "atoll.train.tasks",
     "video-expert": "atoll.train.video_task",
+    "distill-student": "atoll.train.distill_task",
 }
 _CLASSES: dict[str, type] = {}
 
@@ -29,6 +31,8 @@ def register(kind: str):
 def task_kind(job, role: str) -> str:
     if role == "router":
         return "router"
+    if job.spec.experts.distill_from is not None:
+        return "distill-student"
     return "video-expert" if job.spec.is_video else "image-expert"
 
 
