@@ -243,6 +243,46 @@ def distill(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--sto
 
 
 @app.command()
+def experts(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
+            as_json: bool = typer.Option(False, "--json", help="Print experts/registry.json as JSON.")):
+    """Lists the run's experts and their state (experts/registry.json): id, state, data, samples, version."""
+    from rich.table import Table
+
+    from atoll.experts_registry import load
+    from atoll.sampling.runs import inspect_run, open_run_uri
+
+    info = inspect_run(open_run_uri(run))
+    reg = load(info.store, info.total_experts)
+    if as_json:
+        typer.echo(json.dumps(reg, indent=2))
+        return
+    t = Table(title=f"{info.store.uri}: version {reg['version']}, router {reg['router']}")
+    for c in ("expert", "state", "served as", "data", "samples", "since"):
+        t.add_column(c)
+    for e in reg["experts"]:
+        served = str(info.expert_ids.index(e["id"])) if e["id"] in info.expert_ids else "-"
+        since = e.get("retired") if e["state"] == "retired" else e.get("created")
+        t.add_row(f"{e['id']:03d}", e["state"], served, e["data"], str(e.get("samples") or "-"), since or "-")
+    console().print(t)
+
+
+@app.command("remove-expert")
+def remove_expert(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a "
+                                            "job YAML."),
+                  expert: int = typer.Option(..., "--expert", help="The expert's id in the run (`atoll experts RUN`)."),
+                  reason: str = typer.Option("", "--reason", help="Recorded in experts/registry.json.")):
+    """Retires an expert: a new registry version serves the others, with the router renormalised over them."""
+    from atoll.experts_registry import retire
+    from atoll.sampling.runs import inspect_run, open_run_uri
+
+    info = inspect_run(open_run_uri(run))
+    reg = retire(info.store, expert, num_experts=info.total_experts, reason=reason)
+    left = [e["id"] for e in reg["experts"] if e["state"] == "active"]
+    console().print(f"expert {expert:03d} retired: version {reg['version']} serves experts {left} with "
+                    f"{reg['router']}; running servers pick it up when redeployed (`atoll serve`)")
+
+
+@app.command()
 def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
            strategy: str = typer.Option("top1", "--strategy", help="full, top1, top2, ... topN."),
            class_: Optional[str] = typer.Option(None, "--class", help="Class index or name; default: cycle through classes."),

@@ -19,6 +19,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from atoll.sampling.errors import SamplingError
 
     from atoll.distill import DistillError
+    from atoll.experts_registry import RegistryError
 
-    errs += [DataError, KubernetesError, EvalError, SamplingError, DistillError]
+    errs += [DataError, KubernetesError, EvalError, SamplingError, DistillError, RegistryError]
     return tuple(errs)

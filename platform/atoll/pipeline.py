@@ -72,13 +72,19 @@ def is_complete(run: Store, job: JobSpec, stage: str) -> bool:
 
 
 def forget(run: Store, job: JobSpec, stage: str) -> None:
-    """Uncommits a stage and everything after it (manifests first, then files)."""
+    """Uncommits a stage and everything after it (manifests first, then files). Retraining the experts or
+    the router also ends the run's registry versions (``experts/registry.json``: retired experts, restricted
+    routers): the retrained run is version 1 again."""
     for s in STAGES[STAGES.index(stage):]:
         for p in stage_prefixes(job, s):
             run.uncommit(p)
         if s == "partition":
             for key in run.list("partition"):
                 run.delete(key)
+        if s in ("experts", "router"):
+            from atoll.experts_registry import forget_versions
+
+            forget_versions(run)
 
 
 def _runners() -> dict[str, Callable[[JobSpec, Store, S3Config | None], dict]]:

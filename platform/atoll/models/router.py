@@ -19,7 +19,7 @@ noised clips, so it learns from the same averaged input).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +145,22 @@ class Router(nn.Module):
     def probs(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``softmax(forward(x_t, t, y))`` in float32, ``[B, K]``."""
         return torch.softmax(self.forward(x_t, t, y).float(), dim=-1)
+
+
+@torch.no_grad()
+def with_heads(router: Router, rows: list[int | None], seed: int = 0) -> Router:
+    """A router over other experts: output ``i`` is the old output ``rows[i]`` (the same weights, so over a
+    subset its softmax is the old one renormalised), or a new head row (``None``: initialised as a fresh
+    router's head, for an expert the old router never saw). Everything but the head is copied."""
+    if not rows:
+        raise ValueError("a router needs at least one output")
+    with torch.random.fork_rng(devices=[]):  # new rows are seeded; the caller's RNG is left alone
+        torch.manual_seed(seed)
+        new = Router(replace(router.config, num_experts=len(rows)))
+    state = {k: v for k, v in router.state_dict().items() if not k.startswith("head.")}
+    new.load_state_dict(state, strict=False)
+    for i, r in enumerate(rows):
+        if r is not None:
+            new.head.weight[i] = router.head.weight[r]
+            new.head.bias[i] = router.head.bias[r]
+    return new.to(router.head.weight.device).eval()

@@ -77,8 +77,9 @@ class Ensemble:
 
         store = open_run_uri(run_uri, s3)
         info = inspect_run(store)
-        prefixes = [require_checkpoint(store, k, info.num_experts, step) for k in range(info.num_experts)]
-        router_prefix = require_checkpoint(store, None, info.num_experts) if info.num_experts > 1 else None
+        prefixes = [require_checkpoint(store, k, info.total_experts, step) for k in info.expert_ids]
+        router_prefix = (require_checkpoint(store, None, info.num_experts, router_prefix=info.router_prefix)
+                         if info.num_experts > 1 else None)
         experts = [from_pretrained(store, p, weights=weights, map_location=device) for p in prefixes]
         router = from_pretrained(store, router_prefix, map_location=device) if router_prefix else None
         names = info.class_names or [str(i) for i in range(experts[0].config.num_classes)]

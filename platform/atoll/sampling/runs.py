@@ -21,12 +21,20 @@ class RunInfo:
     """What a run holds: ``num_experts``, whether it is a monolith, its classes."""
 
     store: Store
-    num_experts: int
+    num_experts: int             # the experts served: the registry's active ones (all K without a registry)
     monolith: bool
     class_names: list[str] = field(default_factory=list)
     num_classes: int = 0
     job: dict | None = None
     latents: dict | None = None  # latent space: the encode stage's manifest (VAE, shapes)
+    expert_ids: list[int] = field(default_factory=list)  # served expert i is experts/<expert_ids[i]>
+    router_prefix: str = "router/model"
+    total_experts: int = 0       # every expert the run has had (retired ones too)
+    version: int = 1             # experts/registry.json's version (1: as trained)
+
+    def expert_prefix(self, i: int) -> str:
+        """The checkpoint of served expert ``i`` (``experts/00k/model``)."""
+        return checkpoint_prefix(self.expert_ids[i])
 
 
 def open_run_uri(run: str | Store, s3: S3Config | None = None) -> Store:
@@ -79,8 +87,14 @@ def inspect_run(store: Store) -> RunInfo:
     if enabled and latents is None:
         raise RunNotFound(f"the run at {store.uri} trains on latents, but latents/ is not committed; run its "
                           "encode stage (`atoll run JOB.yaml`)")
-    return RunInfo(store=store, num_experts=n, monolith=monolith, class_names=names,
-                   num_classes=int(data.get("num_classes") or len(names)), job=job, latents=latents)
+    from atoll.experts_registry import active, load
+
+    reg = load(store, n) if not monolith else None
+    ids = active(reg) if reg else list(range(n))
+    return RunInfo(store=store, num_experts=len(ids), monolith=monolith, class_names=names,
+                   num_classes=int(data.get("num_classes") or len(names)), job=job, latents=latents,
+                   expert_ids=ids, router_prefix=reg["router"] if reg else "router/model", total_experts=n,
+                   version=reg["version"] if reg else 1)
 
 
 def checkpoint_prefix(k: int | None) -> str:
@@ -99,9 +113,11 @@ def snapshot_steps(store: Store, k: int = 0) -> list[int]:
     return sorted(int(m.group(1)) for key in store.list(f"experts/{k:03d}/snapshots") if (m := found.match(key)))
 
 
-def require_checkpoint(store: Store, k: int | None, num_experts: int, step: int | None = None) -> str:
+def require_checkpoint(store: Store, k: int | None, num_experts: int, step: int | None = None,
+                       router_prefix: str = "router/model") -> str:
     """The checkpoint prefix if it is committed, else ``RunNotFound`` naming its URI and the fix.
 
+    ``k``: an expert id, or None for the router (at ``router_prefix``: ``RunInfo.router_prefix``).
     ``step``: an expert's training snapshot instead of its final model (the router is always final).
     """
     if step is not None and k is not None:
@@ -112,7 +128,7 @@ def require_checkpoint(store: Store, k: int | None, num_experts: int, step: int 
                               f"{have or 'none'}. Snapshots are written when the job sets "
                               "experts.training.snapshotEvery; pick one of the steps listed")
         return prefix
-    prefix = checkpoint_prefix(k)
+    prefix = router_prefix if k is None else checkpoint_prefix(k)
     if store.manifest(prefix) is None:
         what = "the router" if k is None else f"expert {k} (of {num_experts})"
         raise RunNotFound(f"{what} has no committed checkpoint at {store.url(prefix)} (no manifest.json): "

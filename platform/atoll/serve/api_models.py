@@ -79,6 +79,8 @@ class ExpertRow(BaseModel):
     id: int
     name: str
     deployment: str
+    expert: int | None = Field(None, description="The expert's id in the run (its folder experts/00N); differs "
+                               "from id after an expert was retired (served experts are numbered 0..K-1).")
     partition_size: int | None = None
     top_labels: list[dict[str, Any]] = Field(default_factory=list)
     healthy: bool

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from atoll.devices import Placement, for_replica, place
-from atoll.sampling.runs import checkpoint_prefix
+from atoll.sampling.runs import inspect_run
 from atoll.serve.engine import LocalEngine
 from atoll.serve.expert_batch import ExpertBatch, batch_velocity
 from atoll.serve.rank_group import DEFAULT_RANK_CPUS, RankGroupError
@@ -64,15 +64,22 @@ def load_model(store, prefix: str, placement: Placement, what: str) -> torch.nn.
     return place(from_pretrained(store, prefix, map_location=placement.device), placement, what).eval()
 
 
+def served_prefix(store, k: int) -> str:
+    """The checkpoint of served expert ``k``: the registry's ``k``-th active expert (``experts/registry.json``;
+    expert ``k`` itself when nothing was retired)."""
+    return inspect_run(store).expert_prefix(k)
+
+
 def _rank_group(source: RunSource, store, k: int, opts: ReplicaOptions):
     from atoll.models.checkpoint import load_config
     from atoll.serve.rank_group import RankGroup
     from atoll.serve.runinfo import expert_heads
 
-    if load_config(store, checkpoint_prefix(k)).get("kind") != "vdit":
+    prefix = served_prefix(store, k)
+    if load_config(store, prefix).get("kind") != "vdit":
         raise ValueError(f"serve.sequenceParallel = {opts.sequence_parallel} is for video experts; expert {k} "
                          "is an image model: set serve.sequenceParallel: 1")
-    return RankGroup(source, checkpoint_prefix(k), opts.sequence_parallel, num_heads=expert_heads(store, k),
+    return RankGroup(source, prefix, opts.sequence_parallel, num_heads=expert_heads(store, k),
                      attention=opts.attention, ring_degree=opts.ring_degree, num_cpus=opts.rank_cpus, num_gpus=opts.rank_gpus,
                      label=f"{deployment_name(k)}-{uuid.uuid4().hex[:8]}",
                      call_timeout_s=max(30.0, opts.expert_timeout_s))
@@ -145,7 +152,8 @@ class EnsembleReplica:
         store = source.open()
         facts = run_facts(store)
         K = facts.num_experts
-        router = load_model(store, checkpoint_prefix(None), self.placement, "router") if K > 1 else None
+        info = inspect_run(store)  # which experts are served (experts/registry.json) and the router's checkpoint
+        router = load_model(store, info.router_prefix, self.placement, "router") if K > 1 else None
         self.groups: list = []
         if experts is not None:
             runners: list = [RemoteExpert(k, h, self) for k, h in enumerate(experts)]
@@ -153,8 +161,8 @@ class EnsembleReplica:
             self.groups = [_rank_group(source, store, k, opts) for k in range(K)]
             runners = [GroupExpert(k, g) for k, g in enumerate(self.groups)]
         else:
-            runners = [load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}") for k in range(K)]
-        num_classes = int(load_config(store, checkpoint_prefix(0))["config"].get("num_classes") or 0)
+            runners = [load_model(store, info.expert_prefix(k), self.placement, f"expert {k}") for k in range(K)]
+        num_classes = int(load_config(store, info.expert_prefix(0))["config"].get("num_classes") or 0)
         encoder = None
         if facts.text_conditioned:
             from atoll.models.text import TextEncoder
@@ -166,9 +174,8 @@ class EnsembleReplica:
         self.decoder = None
         if facts.latent_shape is not None:  # the run's own VAE (another one is refused, naming both)
             from atoll.sampling.latent import load_decoder
-            from atoll.sampling.runs import inspect_run
 
-            self.decoder = load_decoder(store, inspect_run(store).latents, self.placement.device, source.s3)
+            self.decoder = load_decoder(store, info.latents, self.placement.device, source.s3)
         self.scheduler = Scheduler(self.engine, max_rows=opts.max_rows, on_expert_failure=opts.on_expert_failure,
                                    health=Health(K, opts.retry_after_s), decode=self.decoder)
         self._running: dict[str, int] = {}
@@ -255,14 +262,15 @@ class ExpertModel:
         self.placement = replica_placement(num_gpus, self.sequence_parallel)
         self.placement.activate()
         store = source.open()
-        self.num_classes = int(load_config(store, checkpoint_prefix(k))["config"].get("num_classes") or 0)
+        prefix = served_prefix(store, k)
+        self.num_classes = int(load_config(store, prefix)["config"].get("num_classes") or 0)
         self.group, self.model = None, None
         if self.sequence_parallel > 1:
             self.group = _rank_group(source, store, k, ReplicaOptions(
                 sequence_parallel=self.sequence_parallel, attention=attention, ring_degree=ring_degree,
                 rank_cpus=rank_cpus, rank_gpus=rank_gpus))
         else:
-            self.model = load_model(store, checkpoint_prefix(k), self.placement, f"expert {k}")
+            self.model = load_model(store, prefix, self.placement, f"expert {k}")
 
     async def velocity(self, batch: ExpertBatch) -> torch.Tensor:
         if self.group is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from atoll.sampling.runs import checkpoint_prefix, inspect_run, open_run_uri, require_checkpoint
+from atoll.sampling.runs import inspect_run, open_run_uri, require_checkpoint
 from atoll.serve.schema import RunFacts
 from atoll.store import S3Config, Store
 
@@ -36,11 +36,11 @@ def run_facts(store: Store) -> RunFacts:
     from atoll.models.checkpoint import load_config
 
     info = inspect_run(store)
-    for k in range(info.num_experts):
-        require_checkpoint(store, k, info.num_experts)
+    for k in info.expert_ids:
+        require_checkpoint(store, k, info.total_experts)
     if info.num_experts > 1:
-        require_checkpoint(store, None, info.num_experts)
-    cfg = load_config(store, checkpoint_prefix(0))["config"]
+        require_checkpoint(store, None, info.num_experts, router_prefix=info.router_prefix)
+    cfg = load_config(store, info.expert_prefix(0))["config"]
     size, chans = int(cfg["input_size"]), int(cfg["in_channels"])
     num_classes = int(cfg.get("num_classes") or 0)
     names = info.class_names or [str(i) for i in range(num_classes)]
@@ -51,7 +51,7 @@ def run_facts(store: Store) -> RunFacts:
         latent, shape = shape, tuple(int(v) for v in info.latents["data_image_shape"])
     return RunFacts(num_experts=info.num_experts, num_classes=num_classes, class_names=tuple(names),
                     image_shape=shape, text_conditioned=cfg.get("text_dim") is not None, frames=frames,
-                    latent_shape=latent)
+                    latent_shape=latent, expert_ids=tuple(info.expert_ids), version=info.version)
 
 
 def expert_heads(store: Store, k: int = 0) -> int:
@@ -60,21 +60,26 @@ def expert_heads(store: Store, k: int = 0) -> int:
     from atoll.models.dit import DIT_SIZES
     from atoll.models.video_dit import VDIT_SIZES
 
-    size = load_config(store, checkpoint_prefix(k))["config"]["size"]
+    size = load_config(store, inspect_run(store).expert_prefix(k))["config"]["size"]
     return int({**DIT_SIZES, **VDIT_SIZES}[size]["num_heads"])
 
 
 def experts_summary(store: Store, facts: RunFacts) -> list[dict]:
-    """Per expert: name, deployment, partition size and top labels (when the run has a partition manifest)."""
+    """Per served expert ``k``: name, deployment, ``expert`` (its id in the run, i.e. its folder
+    ``experts/00N``: served experts are numbered 0..K-1, and after a retire (``experts/registry.json``)
+    the served numbers close up while the run's ids stay), partition size and top labels (when the run
+    has a partition manifest)."""
     part = store.manifest("partition") or {}
     sizes = part.get("cluster_sizes") or []
     hist = (part.get("agreement") or {}).get("label_histogram") or []
+    ids = list(facts.expert_ids) or list(range(facts.num_experts))
     out = []
     for k in range(facts.num_experts):
-        row = {"id": k, "name": expert_name(k), "deployment": deployment_name(k),
-               "partition_size": sizes[k] if k < len(sizes) else None, "top_labels": []}
-        if k < len(hist) and sum(hist[k]):
-            h, total = hist[k], sum(hist[k])
+        e = ids[k]
+        row = {"id": k, "name": expert_name(k), "deployment": deployment_name(k), "expert": e,
+               "partition_size": sizes[e] if e < len(sizes) else None, "top_labels": []}
+        if e < len(hist) and sum(hist[e]):
+            h, total = hist[e], sum(hist[e])
             order = sorted(range(len(h)), key=lambda i: -h[i])[:3]
             row["top_labels"] = [{"class": facts.class_names[i] if i < len(facts.class_names) else str(i),
                                   "fraction": round(h[i] / total, 4)} for i in order if h[i]]

@@ -80,6 +80,8 @@ class RunFacts:
     text_conditioned: bool
     frames: int = 0
     latent_shape: tuple[int, ...] | None = None
+    expert_ids: tuple[int, ...] = ()   # served expert k is the run's expert expert_ids[k] (experts/registry.json)
+    version: int = 1                   # the registry's version served
 
     @property
     def model_shape(self) -> tuple[int, ...]:
