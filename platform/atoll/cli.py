@@ -266,6 +266,28 @@ def experts(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://
     console().print(t)
 
 
+@app.command("add-experts")
+def add_experts(job: Path = JobArg,
+                data: Path = typer.Option(..., "--data", help="A YAML file with the new data's data section "
+                                          "(source: ..., shardSize ...)."),
+                experts: int = typer.Option(1, "--experts", help="New experts: the new data's own k-means clusters."),
+                router_steps: Optional[int] = typer.Option(None, "--router-steps", help="Fine-tuning steps of the "
+                                                           "router (default: router.training.steps)."),
+                store: Optional[str] = typer.Option(None, "--store", help="Override spec.store.uri.")):
+    """Grows a trained ensemble: new experts for new data, the router fine-tuned; the old experts are untouched."""
+    from atoll.grow import add_experts as grow, read_data_file
+
+    spec = _load(job)
+    reg = grow(spec, read_data_file(data), new_experts=experts, router_steps=router_steps, store_uri=store,
+               on_progress=lambda m: console().print(m))
+    last = reg["history"][-1]
+    ids = [e["id"] for e in reg["experts"] if e["state"] == "active"]
+    console().print(f"version {reg['version']} serves experts {ids} with {reg['router']}")
+    if last.get("action") == "add":
+        console().print(f"  added {last['experts']} from {last['samples']} samples: experts' training "
+                        f"{last['experts_train_flops']:.3e} FLOPs, router fine-tuning {last['router_train_flops']:.3e}")
+
+
 @app.command("remove-expert")
 def remove_expert(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a "
                                             "job YAML."),

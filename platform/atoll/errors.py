@@ -20,6 +20,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     from atoll.distill import DistillError
     from atoll.experts_registry import RegistryError
+    from atoll.grow import GrowError
 
-    errs += [DataError, KubernetesError, EvalError, SamplingError, DistillError, RegistryError]
+    errs += [DataError, KubernetesError, EvalError, SamplingError, DistillError, RegistryError, GrowError]
     return tuple(errs)

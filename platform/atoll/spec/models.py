@@ -397,7 +397,15 @@ class DistillSpec(Base):
         return v
 
 
-class RouterSpec(Base):
+class RouterInit(Base):
+    """Where a router's training starts (set by ``atoll add-experts``): a committed router checkpoint in the
+    run and the expert ids of its outputs; outputs for other experts start as a fresh router's head."""
+    checkpoint: str = Field(description="A router checkpoint prefix in the run, e.g. router/model.")
+    experts: list[int] = Field(description="The expert ids of that router's outputs, in order.")
+
+
+class RouterSpec(OmitsLaterDefaults):
+    LATER: ClassVar[tuple[str, ...]] = ("experts", "init")
     model: str = Field("Router-XS@16", description=(
         "A named router size (atoll.models.router.ROUTER_SIZES); '@16' sizes see x_t area-averaged to 16x16, "
         "so their cost per step stays small next to any expert (docs/routing.md)."))
@@ -408,10 +416,16 @@ class RouterSpec(Base):
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(steps=500, batch_size=128, lr=1e-3,
                                                                       class_dropout=0.1, ema_decay=0.0))
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    experts: list[int] | None = Field(None, description=(
+        "Set by `atoll add-experts`: the expert ids (partition/expert-N folders) the router chooses between, "
+        "in output order (default: 0..partition.k-1)."))
+    init: RouterInit | None = Field(None, description="Set by `atoll add-experts`: start from this router.")
 
     @model_validator(mode="after")
     def _batch(self):
         check_batch_split(self.training, self.scaling)
+        if self.experts is not None and (not self.experts or sorted(set(self.experts)) != self.experts):
+            raise FieldError("experts", "router.experts must list distinct expert ids in ascending order")
         return self
 
     def sees_class(self, experts: "ExpertsSpec") -> bool:

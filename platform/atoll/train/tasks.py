@@ -259,13 +259,25 @@ class RouterTask(Task):
         self.training = job.spec.router.training
         self.name = "router"
 
+    @property
+    def expert_ids(self) -> list[int]:
+        """The experts the router chooses between, in output order (``router.experts``, set when an ensemble
+        grows; else 0..k-1). Output ``i`` is trained on ``partition/expert-<expert_ids[i]>``."""
+        ids = self.job.spec.router.experts
+        return list(ids) if ids is not None else list(range(self.job.spec.partition.k))
+
     def prefixes(self) -> list[str]:
-        return [partition_dir(k) for k in range(self.job.spec.partition.k)]
+        return [partition_dir(k) for k in self.expert_ids]
 
     def load(self, run: Store) -> None:
         super().load(run)
         if not self.job.spec.router.sees_class(self.job.spec.experts):
             self.num_classes = 0  # route on the class too (p(k | x_t, y)) only where router.conditioning says so
+        self.start = None
+        if (init := self.job.spec.router.init) is not None:  # fine-tuning: the old router, its head rows kept
+            from atoll.models.checkpoint import from_pretrained
+
+            self.start = (from_pretrained(run, init.checkpoint), list(init.experts))
 
     @property
     def classes(self) -> bool | None:
@@ -289,10 +301,21 @@ class RouterTask(Task):
 
         c, w = self.sample_shape[0], self.sample_shape[-1]  # [C, H, W], or clips [C, T*H, W]: frames are W square
         return RouterConfig(size=self.job.spec.router.model, input_size=w, in_channels=c,
-                            num_experts=self.job.spec.partition.k, num_classes=self.num_classes)
+                            num_experts=len(self.expert_ids), num_classes=self.num_classes)
 
     def build_model(self) -> torch.nn.Module:
-        return self.model_config().build()
+        if getattr(self, "start", None) is None:
+            return self.model_config().build()
+        from dataclasses import replace
+
+        from atoll.models.router import with_heads
+
+        old, old_ids = self.start
+        if old.config != replace(self.model_config(), num_experts=old.config.num_experts):
+            raise ValueError(f"router.init.checkpoint {self.job.spec.router.init.checkpoint} is a {old.config}, "
+                             f"not this job's router ({self.model_config()}); start from a router of the same size")
+        rows = [old_ids.index(k) if k in old_ids else None for k in self.expert_ids]
+        return with_heads(old, rows, seed=self.training.seed).train()
 
     def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         x_t, t = noised(self.posterior(batch.x0, gen), gen)
