@@ -96,3 +96,30 @@ def test_the_cli_lists_and_retires_experts(three):
     assert r.exit_code == 0 and "retired" in r.output and "version 2" in r.output
     r = CliRunner().invoke(app, ["remove-expert", run.uri, "--expert", "1"])
     assert r.exit_code != 0 and "already retired" in str(r.exception or r.output)
+
+
+def test_a_grown_registry_is_served_whole_and_numbers_the_next_expert_after_it(three):
+    """A registry with an expert the job's partition.k does not know (as ``atoll add-experts`` leaves it): it is
+    loaded with the version's router, and the run's expert count (the next id) comes from the registry."""
+    from sampling_helpers import make_experts
+
+    from atoll.experts_registry import implicit
+    from atoll.models.checkpoint import from_pretrained, save_pretrained
+    from atoll.models.router import with_heads
+    from atoll.sampling.runs import inspect_run
+
+    job, run = three
+    save_pretrained(make_experts(1, seed=9)[0], run, "experts/003/model")
+    run.commit("experts/003", {"name": "expert-003"})
+    wide = with_heads(from_pretrained(run, "router/model"), [0, 1, 2, None], seed=1)
+    save_pretrained(wide, run, "router/versions/v2/model")
+    reg = implicit(run, 3)
+    reg.update(version=2, router="router/versions/v2/model",
+               experts=reg["experts"] + [{**reg["experts"][0], "id": 3, "prefix": "experts/003", "version": 2}])
+    run.put_json(REGISTRY, reg)
+    info = inspect_run(run)
+    assert (info.num_experts, info.total_experts, info.expert_ids) == (4, 4, [0, 1, 2, 3])
+    ens = Ensemble.from_pretrained(run.uri)
+    x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.3)
+    assert torch.allclose(ens.router(x, t)[:, :3], from_pretrained(run, "router/model")(x, t))  # old rows kept
+    assert ens.num_experts == 4 and retire(run, 3, num_experts=info.total_experts)["version"] == 3

@@ -93,7 +93,8 @@ def inspect_run(store: Store) -> RunInfo:
     ids = active(reg) if reg else list(range(n))
     return RunInfo(store=store, num_experts=len(ids), monolith=monolith, class_names=names,
                    num_classes=int(data.get("num_classes") or len(names)), job=job, latents=latents,
-                   expert_ids=ids, router_prefix=reg["router"] if reg else "router/model", total_experts=n,
+                   expert_ids=ids, router_prefix=reg["router"] if reg else "router/model",
+                   total_experts=len(reg["experts"]) if reg else n,
                    version=reg["version"] if reg else 1)
 
 
