@@ -221,90 +221,6 @@ def train_router(spec: Path = typer.Option(..., "--spec"), store: Optional[str] 
 
 
 @app.command()
-def distill(job: Path = JobArg, store: Optional[str] = typer.Option(None, "--store", help="Override spec.store.uri."),
-            model: Optional[str] = typer.Option(None, "--model", help="The student's DiT size (default: distill.model, "
-                                                "else experts.model)."),
-            steps: Optional[int] = typer.Option(None, "--steps", help="The student's training steps (default: "
-                                                "distill.training, else the experts' steps)."),
-            strategy: Optional[str] = typer.Option(None, "--strategy", help="The teacher's routing (default: "
-                                                   "distill.strategy, top1).")):
-    """Distils the job's trained ensemble into one dense student DiT (a one-model run for sample / serve)."""
-    from atoll.distill import distill as run_distill
-    from atoll.distill import with_overrides
-
-    spec = with_overrides(_load(job), model=model, steps=steps, strategy=strategy)
-    out = run_distill(spec, store_uri=store, on_progress=lambda m: console().print(m))
-    m = out.manifest
-    word = "trained" if out.trained else "[dim]already trained (skipped)[/dim]"
-    console().print(f"student [bold]{out.job.name}[/bold] ({m['student_model']}) {word}: {out.uri}")
-    console().print(f"  FLOPs: student training {m['student_train_flops']:.3e} + teacher forwards "
-                    f"{m['teacher_flops']:.3e} = {m['total_flops']:.3e}; final loss {m['final_loss']:.4f}")
-    console().print(f"  next: atoll sample {out.uri} --class 0   |   atoll serve {out.uri}")
-
-
-@app.command()
-def experts(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
-            as_json: bool = typer.Option(False, "--json", help="Print experts/registry.json as JSON.")):
-    """Lists the run's experts and their state (experts/registry.json): id, state, data, samples, version."""
-    from rich.table import Table
-
-    from atoll.experts_registry import load
-    from atoll.sampling.runs import inspect_run, open_run_uri
-
-    info = inspect_run(open_run_uri(run))
-    reg = load(info.store, info.total_experts)
-    if as_json:
-        typer.echo(json.dumps(reg, indent=2))
-        return
-    t = Table(title=f"{info.store.uri}: version {reg['version']}, router {reg['router']}")
-    for c in ("expert", "state", "served as", "data", "samples", "since"):
-        t.add_column(c)
-    for e in reg["experts"]:
-        served = str(info.expert_ids.index(e["id"])) if e["id"] in info.expert_ids else "-"
-        since = e.get("retired") if e["state"] == "retired" else e.get("created")
-        t.add_row(f"{e['id']:03d}", e["state"], served, e["data"], str(e.get("samples") or "-"), since or "-")
-    console().print(t)
-
-
-@app.command("add-experts")
-def add_experts(job: Path = JobArg,
-                data: Path = typer.Option(..., "--data", help="A YAML file with the new data's data section "
-                                          "(source: ..., shardSize ...)."),
-                experts: int = typer.Option(1, "--experts", help="New experts: the new data's own k-means clusters."),
-                router_steps: Optional[int] = typer.Option(None, "--router-steps", help="Fine-tuning steps of the "
-                                                           "router (default: router.training.steps)."),
-                store: Optional[str] = typer.Option(None, "--store", help="Override spec.store.uri.")):
-    """Grows a trained ensemble: new experts for new data, the router fine-tuned; the old experts are untouched."""
-    from atoll.grow import add_experts as grow, read_data_file
-
-    spec = _load(job)
-    reg = grow(spec, read_data_file(data), new_experts=experts, router_steps=router_steps, store_uri=store,
-               on_progress=lambda m: console().print(m))
-    last = reg["history"][-1]
-    ids = [e["id"] for e in reg["experts"] if e["state"] == "active"]
-    console().print(f"version {reg['version']} serves experts {ids} with {reg['router']}")
-    if last.get("action") == "add":
-        console().print(f"  added {last['experts']} from {last['samples']} samples: experts' training "
-                        f"{last['experts_train_flops']:.3e} FLOPs, router fine-tuning {last['router_train_flops']:.3e}")
-
-
-@app.command("remove-expert")
-def remove_expert(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a "
-                                            "job YAML."),
-                  expert: int = typer.Option(..., "--expert", help="The expert's id in the run (`atoll experts RUN`)."),
-                  reason: str = typer.Option("", "--reason", help="Recorded in experts/registry.json.")):
-    """Retires an expert: a new registry version serves the others, with the router renormalised over them."""
-    from atoll.experts_registry import retire
-    from atoll.sampling.runs import inspect_run, open_run_uri
-
-    info = inspect_run(open_run_uri(run))
-    reg = retire(info.store, expert, num_experts=info.total_experts, reason=reason)
-    left = [e["id"] for e in reg["experts"] if e["state"] == "active"]
-    console().print(f"expert {expert:03d} retired: version {reg['version']} serves experts {left} with "
-                    f"{reg['router']}; running servers pick it up when redeployed (`atoll serve`)")
-
-
-@app.command()
 def sample(run: str = typer.Argument(..., help="A run (./runs/quickstart, s3://bucket/prefix/quickstart) or a job YAML."),
            strategy: str = typer.Option("top1", "--strategy", help="full, top1, top2, ... topN."),
            class_: Optional[str] = typer.Option(None, "--class", help="Class index or name; default: cycle through classes."),
@@ -344,6 +260,11 @@ def serve_cmd(run: str = typer.Argument(..., help="A job YAML or a run (./runs/q
     os.environ.setdefault("ATOLL_VERBOSE", "1")   # a server's console shows Ray Serve's own logs
 
     serve_command(run, port=port, config_out=config_out, run_uri=run_uri)
+
+
+from atoll.lifecycle_cli import register  # noqa: E402  (add-experts, remove-expert, experts, distill)
+
+register(app)
 
 
 def main() -> None:
