@@ -17,6 +17,7 @@ writes that config file.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,12 @@ def deployment_options(d: DeploymentSpec, sequence_parallel: int = 1) -> dict:
     gpus = 0.0 if sequence_parallel > 1 else d.num_gpus
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": gpus},
                             "max_ongoing_requests": max(4 * d.max_batch_size, 16)}
-    if d.num_replicas == "auto":
+    if d.num_replicas == "auto" and d.scale_on == "rows":  # experts of distributed mode (serve/autoscale.py)
+        from atoll.serve.autoscale import autoscaling_config
+
+        opts["autoscaling_config"] = autoscaling_config(d.min_replicas, d.max_replicas, d.target_rows_per_s,
+                                                        d.idle_s, d.upscale_delay_s)
+    elif d.num_replicas == "auto":
         opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
                                       "target_ongoing_requests": max(2, d.max_batch_size)}
     else:
@@ -105,13 +111,16 @@ def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
     rank_gpus = 1.0 if (spec.ensemble if spec.mode == "ensemble" else spec.experts).num_gpus > 0 else 0.0
     (name, dopts), *expert_deps = model_deployments(spec, K, sp)
     sched = spec.ensemble if spec.mode == "ensemble" else spec.router
+    cold = spec.mode == "distributed" and spec.experts.num_replicas == "auto" and spec.experts.min_replicas == 0
+    if cold:  # experts may scale to zero: the ingress and the scheduler wait for a cold start, not reroute
+        opts = replace(opts, experts_scale_to_zero=True)
     replica = ReplicaOptions(mode=spec.mode, max_rows=sched.max_batch_size, on_expert_failure=spec.on_expert_failure,
                              num_gpus=dopts["ray_actor_options"]["num_gpus"], sequence_parallel=sp,
                              attention=spec.attention if sp > 1 else "ulysses",
                              ring_degree=spec.ring_degree if sp > 1 else None,
                              rank_cpus=RANK_CPUS, rank_gpus=rank_gpus, expert_timeout_s=opts.expert_timeout_s,
                              retry_after_s=opts.retry_after_s, health_poll_s=opts.health_poll_s,
-                             app_name=opts.app_name)
+                             app_name=opts.app_name, cold_start_s=opts.cold_start_timeout_s if cold else 0.0)
     experts = None
     if spec.mode == "distributed":
         experts = [serve.deployment(ExpertModel, name=n, **o, **HEALTH_CHECK).bind(

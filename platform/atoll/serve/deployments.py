@@ -49,6 +49,7 @@ class ReplicaOptions:
     retry_after_s: float = 2.0         # how long a failed expert sits out
     health_poll_s: float = 0.5
     app_name: str = "atoll"
+    cold_start_s: float = 0.0          # > 0: experts may scale to zero; a call to one waits this long for a replica
 
 
 def replica_placement(num_gpus: float, sequence_parallel: int = 1) -> Placement:
@@ -114,10 +115,13 @@ class RemoteExpert:
 
     async def __call__(self, b: ExpertBatch) -> torch.Tensor:
         payload, attempts = b.compact(), 0
+        opts = self.owner.options
         while True:
+            # scaled to zero, or not polled yet: its first call may have to start a replica
+            cold = opts.cold_start_s > 0 and self.owner.running(deployment_name(self.k), unknown=0) == 0
             resp = self.handle.velocity.remote(payload)
-            try:
-                return await asyncio.wait_for(_awaited(resp), self.owner.options.expert_timeout_s)
+            try:  # a cold start (scaled to zero) may take a replica's whole start-up
+                return await asyncio.wait_for(_awaited(resp), opts.cold_start_s if cold else opts.expert_timeout_s)
             except Exception as e:
                 if isinstance(e, asyncio.TimeoutError):
                     resp.cancel()
@@ -185,8 +189,9 @@ class EnsembleReplica:
                  opts.max_rows)
 
     # -- distributed mode: which experts have running replicas -------------------------
-    def running(self, deployment: str) -> int:
-        return self._running.get(deployment, 1)
+    def running(self, deployment: str, unknown: int = 1) -> int:
+        """RUNNING replicas of ``deployment`` at the last status poll (``unknown`` before the first one)."""
+        return self._running.get(deployment, unknown)
 
     async def _poll(self) -> None:
         from atoll.serve.status import running_replicas
@@ -195,7 +200,9 @@ class EnsembleReplica:
         while True:
             try:
                 self._running = await asyncio.to_thread(running_replicas, self.options.app_name)
-                self.scheduler.health.set_status_down({k for k in range(K) if self.running(deployment_name(k)) == 0})
+                if self.options.cold_start_s <= 0:  # scaled to zero is not down: its next call starts it
+                    self.scheduler.health.set_status_down(
+                        {k for k in range(K) if self.running(deployment_name(k)) == 0})
             except Exception as e:  # the controller may be busy; keep the last state
                 log.debug("serve.status() failed: %s", e)
             await asyncio.sleep(self.options.health_poll_s)
@@ -258,7 +265,10 @@ class ExpertModel:
                  ring_degree: int | None = None):
         from atoll.models.checkpoint import load_config
 
+        from atoll.serve.autoscale import RowMeter
+
         self.k, self.sequence_parallel = k, int(sequence_parallel)
+        self.rows = RowMeter()  # what the router sends this replica (serve.experts.scaleOn: rows)
         self.placement = replica_placement(num_gpus, self.sequence_parallel)
         self.placement.activate()
         store = source.open()
@@ -273,9 +283,16 @@ class ExpertModel:
             self.model = load_model(store, prefix, self.placement, f"expert {k}")
 
     async def velocity(self, batch: ExpertBatch) -> torch.Tensor:
+        self.rows.add(int(batch.x.shape[0]))
         if self.group is not None:
             return await self.group.velocity(batch)
         return batch_velocity(self.model, batch.to(self.placement.device), self.num_classes).cpu()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metric (``serve.experts.scaleOn: rows``): rows computed per second."""
+        from atoll.serve.autoscale import METRIC
+
+        return {METRIC: self.rows.rate()}
 
     def describe(self) -> dict:
         """The replica's parallel layout: ``sequence_parallel``, the ranks' world size and each rank's facts."""

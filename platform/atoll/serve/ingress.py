@@ -55,6 +55,8 @@ class IngressOptions:
     health_poll_s: float = 0.5
     replica_retries: int = 2
     video_fps: float = 6.0
+    cold_start_timeout_s: float = 180.0  # an expert scaled to zero: how long its first call may wait
+    experts_scale_to_zero: bool = False  # set by build_app: no running replica is not a failed expert
 
 
 def _png(images, scale: int) -> bytes:
@@ -270,7 +272,9 @@ def make_ingress(api_key_digest: str | None = None):
             """200 while a scheduler replica runs (and, in distributed mode, some expert has a replica), else 503."""
             self._ensure_poller()
             ok = self._replicas(self.backend_name) > 0
-            healthy = [k for k in range(self.facts.num_experts) if ok and self._replicas(self._expert_deployment(k)) > 0]
+            cold = self.options.experts_scale_to_zero  # scaled to zero: started on the first row routed to it
+            healthy = [k for k in range(self.facts.num_experts)
+                       if ok and (cold or self._replicas(self._expert_deployment(k)) > 0)]
             ok = ok and bool(healthy)
             body = {"status": "ok" if ok else "unavailable", "mode": self.mode, "replicas": dict(self._running),
                     "healthy_experts": [expert_name(k) for k in healthy]}

@@ -503,7 +503,7 @@ class SampleSpec(Base):
         return v
 
 
-class DeploymentSpec(Base):
+class DeploymentSpec(OmitsLaterDefaults):
     """One Serve deployment's replicas, resources and batch size.
 
     ``maxBatchSize``: rows per scheduler tick for the ``ensemble`` replica (and the ``router``
@@ -518,9 +518,22 @@ class DeploymentSpec(Base):
     num_gpus: float = Field(0.0, ge=0)
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    scale_on: Literal["requests", "rows"] = Field("requests", description=(
+        "numReplicas auto: what Serve's autoscaler reads. requests: ongoing requests per replica (Serve's "
+        "default); rows (serve.experts of distributed mode): the rows per second the router sends the expert, "
+        "targetRowsPerS per replica; with minReplicas 0 an expert nobody is routed to scales to zero."))
+    target_rows_per_s: float = Field(32.0, gt=0, description="scaleOn rows: rows per second one replica takes.")
+    idle_s: float = Field(60.0, ge=0, le=86400, description=(
+        "scaleOn rows: seconds of less load before replicas are removed (to zero with minReplicas 0)."))
+    upscale_delay_s: float = Field(5.0, ge=0, le=3600, description="scaleOn rows: seconds of more load before "
+                                   "replicas are added (a cold start from zero never waits).")
+    LATER: ClassVar[tuple[str, ...]] = ("scale_on", "target_rows_per_s", "idle_s", "upscale_delay_s")
 
     @model_validator(mode="after")
     def _replicas(self):
+        if self.scale_on == "rows" and self.num_replicas != "auto":
+            raise FieldError("scaleOn", f"scaleOn: rows autoscales the deployment, but numReplicas is "
+                             f"{self.num_replicas}: set numReplicas: auto (with minReplicas / maxReplicas)")
         if isinstance(self.num_replicas, int) and self.num_replicas < 1:
             raise FieldError("numReplicas", f"numReplicas is {self.num_replicas}; a deployment needs 1 or more "
                              "replicas: set numReplicas >= 1, or auto to autoscale between minReplicas and maxReplicas")
@@ -587,6 +600,18 @@ class ServeSpec(Base):
     @property
     def ulysses_degree(self) -> int:
         return ulysses_degree(self.attention, self.ring_degree, self.sequence_parallel)
+
+    @model_validator(mode="after")
+    def _rows_are_an_experts_signal(self):
+        for name in ("ensemble", "router"):
+            if getattr(self, name).scale_on == "rows":
+                raise FieldError(f"{name}.scaleOn", f"serve.{name}.scaleOn: rows: only the expert deployments of "
+                                 "serve.mode: distributed are sent rows by the router; use scaleOn: requests here, "
+                                 "or serve.experts.scaleOn: rows with serve.mode: distributed")
+        if self.experts.scale_on == "rows" and self.mode != "distributed":
+            raise FieldError("experts.scaleOn", "serve.experts.scaleOn: rows scales the expert deployments of "
+                             "serve.mode: distributed; set serve.mode: distributed")
+        return self
 
     @model_validator(mode="after")
     def _sections_of_the_mode(self):
