@@ -24,7 +24,7 @@ from collections import deque
 log = logging.getLogger("ray.serve")
 
 #: how far back a replica's rows-per-second looks (seconds)
-WINDOW_S = 10.0
+WINDOW_S = 5.0
 METRIC = "rows_per_s"
 
 
