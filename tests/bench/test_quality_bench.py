@@ -60,7 +60,7 @@ def test_quality_and_router_benches_run_at_tiny_size(tmp_path):
     mono = next(r for r in scores["rows"] if r["arm"] == "monolith" and r["step"] is None)
     assert mono["train_steps"] > 6  # the monolith also gets the router's training FLOPs
     student = next(r for r in scores["rows"] if r["arm"] == "distilled" and r["step"] is None)
-    assert student["gflops_per_image"] == mono["gflops_per_image"] and student["run"].startswith("bq-kmeans-distilled")
+    assert student["gflops_per_image"] == mono["gflops_per_image"] and student["run"].startswith("bq-kmeans-small-distilled")
     assert "| one DiT distilled from K=4 k-means | monolith (all data) |" in table
     fe, fr = scores["train_flops"]["distilled"]
     assert fe > 0 and fr == 0
