@@ -164,19 +164,24 @@ def distil(teacher: spec.JobSpec, store: str) -> tuple[spec.JobSpec, tuple[float
 
 
 # -- sampling + scoring ---------------------------------------------------------------------
-def variants(arm: str, job: spec.JobSpec, experts_alone: bool = False) -> list[tuple[str, str, int | None, int | None]]:
-    """(row label, strategy, expert alone or None, snapshot step or None = final) for one arm.
+def variants(arm: str, job: spec.JobSpec, experts_alone: bool = False) -> list[tuple[str, str, int | None, int | None, str]]:
+    """(row label, strategy, expert alone or None, snapshot step or None = final, weights) for one arm.
 
-    The spec's strategies on the final models (each expert alone with ``experts_alone``); the training
-    snapshots (``snapshotEvery``) get top1 (the monolith: itself) for the FID-vs-FLOPs curve.
+    The spec's strategies on the final models (each expert alone with ``experts_alone``); top1 once more
+    with the experts' raw weights (label ``... raw``) when they keep an EMA (``emaDecay > 0``: the
+    rows without the suffix are the EMA weights, what `atoll sample` loads); the training snapshots
+    (``snapshotEvery``) get top1 (the monolith: itself) for the FID-vs-FLOPs curve.
     """
     tr = job.spec.experts.training
     snaps = [s for s in range(tr.snapshot_every, tr.steps, tr.snapshot_every)] if tr.snapshot_every else []
+    raw = tr.ema_decay > 0
     if job.spec.num_experts == 1:
-        return [("-", "top1", None, None)] + [(f"- @ step {s}", "top1", None, s) for s in snaps]
-    alone = [(f"expert {k} alone", "top1", k, None) for k in range(job.spec.num_experts)] if experts_alone else []
-    return ([(s, s, None, None) for s in job.spec.sample.strategies]  # the final models first: the verdicts
-            + [(f"top1 @ step {s}", "top1", None, s) for s in snaps] + alone)
+        return ([("-", "top1", None, None, "model")] + ([("raw", "top1", None, None, "raw")] if raw else [])
+                + [(f"- @ step {s}", "top1", None, s, "model") for s in snaps])
+    alone = [(f"expert {k} alone", "top1", k, None, "model") for k in range(job.spec.num_experts)] if experts_alone else []
+    return ([(s, s, None, None, "model") for s in job.spec.sample.strategies]  # the final models first: the verdicts
+            + ([("top1 raw", "top1", None, None, "raw")] if raw else [])
+            + [(f"top1 @ step {s}", "top1", None, s, "model") for s in snaps] + alone)
 
 
 def run_tag(job: spec.JobSpec) -> str:
@@ -211,16 +216,16 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
     labels = torch.arange(10).repeat(s.num_per_class)  # class-balanced; the first 10 are one per class
     ensembles: dict = {}
     rows = []
-    for label, strategy, alone, step in variants(arm, job, experts_alone):
+    for label, strategy, alone, step, weights in variants(arm, job, experts_alone):
         key = work / run_tag(job) / f"{label.replace(' ', '-').replace('@', 'at')}"
         if key.with_suffix(".json").exists() and key.with_suffix(".feats.npy").exists():
             rows.append(json.loads(key.with_suffix(".json").read_text()))
             console().print(f"  {arm} / {label}: cached")
             continue
-        if step not in ensembles:
-            ensembles[step] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step,
-                                                       device=for_stage(s.device).device)
-        ens = ensembles[step]
+        if (step, weights) not in ensembles:
+            ensembles[step, weights] = Ensemble.from_pretrained(pipeline.open_run(job, store), step=step,
+                                                                weights=weights, device=for_stage(s.device).device)
+        ens = ensembles[step, weights]
         model = ens.only(alone) if alone is not None else ens
         res = model.sample(labels, strategy=strategy, steps=s.steps, guidance=s.guidance, seed=s.seed,
                            batch_size=128)
@@ -232,7 +237,7 @@ def sample_and_score(arm: str, job: spec.JobSpec, store: str, work: Path, incept
             from atoll.eval.api import fashion_mnist_reference
             from atoll.eval.inception import inception_fid
             m["inception_fid"] = inception_fid(imgs, fashion_mnist_reference("test")[0])
-        row = {"arm": arm, "run": run_tag(job), "strategy": label, "step": step, "channels": channels,
+        row = {"arm": arm, "run": run_tag(job), "strategy": label, "step": step, "weights": weights, "channels": channels,
                "train_steps": job.spec.experts.training.steps, "gflops_per_image": res.gflops_per_image,
                "sample_wall_s": res.wall_s, "n": len(labels), **m}
         np.save(key.with_suffix(".npy"), imgs[:10].numpy())

@@ -56,6 +56,10 @@ def verdicts(rows: list[dict], work: Path) -> list[dict]:
             pairs += [((arm, st), ("monolith", "-")) for st in ("top1", "top2", "full") if _final(rows, arm, st)]
     if mono and _final(rows, "distilled", "-"):
         pairs.append((("distilled", "-"), ("monolith", "-")))
+    if _final(rows, "monolith", "raw"):  # the same comparisons with the raw (non-EMA) weights
+        pairs += [((arm, "top1 raw"), ("monolith", "raw")) for arm in ENSEMBLES if _final(rows, arm, "top1 raw")]
+        if _final(rows, "distilled", "raw"):
+            pairs.append((("distilled", "raw"), ("monolith", "raw")))
     if _final(rows, "fmnist-png", "top1") and _final(rows, "kmeans", "top1"):
         pairs.append((("fmnist-png", "top1"), ("kmeans", "top1")))
     for (a_arm, a_st), (b_arm, b_st) in pairs:
@@ -128,7 +132,9 @@ def table(rows, flops, walls, verdict_rows, *, size, command, total_s, load_star
         "(`atoll.eval`). FID [95% CI]: basic bootstrap over the generated and the real samples "
         "(`bench/quality_stats.py`); it covers which samples were drawn, not another training run. FID with "
         "this few samples is biased upward: compare rows, not with the paper. GFLOPs/image: router + selected "
-        "experts, x2 with classifier-free guidance; x monolith: over the monolith's.", "",
+        "experts, x2 with classifier-free guidance; x monolith: over the monolith's. Rows labelled `raw`: the "
+        "final models with the experts' raw weights instead of their EMA (`emaDecay`; the other rows, and "
+        "`atoll sample`, use the EMA weights).", "",
         *lines, "", "Paired comparisons (same samples resampled for both rows; verdict = the interval excludes 0):",
         "", *vt, "", "The recipe on other data paths and datasets (top-1):", "", *data, "",
         "Along training (the experts' EMA snapshots with the final router):", "", *curve, "",
