@@ -1,5 +1,5 @@
 """Experts scaled by routed rows (``serve.experts.scaleOn: rows``): the meter, the policy, the spec and the
-Serve options they become (no Ray here; the scaling itself is tests/serve_distributed/test_autoscale.py)."""
+Serve options they become (no Ray here; the scaling itself is tests/serve_distributed/test_scale_to_zero.py)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
