@@ -65,8 +65,8 @@ class RowsPolicy:
             return ctx.current_num_replicas, {}
         rows = float(sum(per_replica.values()))
         n = desired_replicas(rows, self.target, busy=ctx.total_num_requests > 0)
-        log.info("atoll rows policy: %s %.1f rows/s, %s waiting, %d replicas -> %d", ctx.deployment_name, rows,
-                 ctx.total_num_requests, ctx.current_num_replicas, n)
+        log.debug("atoll rows policy: %s %.1f rows/s, %s waiting, %d replicas -> %d",
+                  getattr(ctx, "deployment_name", "?"), rows, ctx.total_num_requests, ctx.current_num_replicas, n)
         return n, {"rows_per_s": rows}
 
 
