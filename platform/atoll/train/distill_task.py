@@ -10,13 +10,11 @@ flow target ``eps - x0``. Classifier-free guidance then works on the student as 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from atoll.models.flow import interpolate, sample_t
 from atoll.spec.models import JobSpec
 from atoll.store import Store
 from atoll.train.registry import register
-from atoll.train.tasks import Batch, ExpertTask
+from atoll.train.tasks import ExpertTask
 
 
 @register("distill-student")
@@ -57,15 +55,6 @@ class DistillTask(ExpertTask):
         v, _ = self.teacher(x_t.device).velocity(x_t.float(), t.float(), y, guidance=1.0, strategy=self.strategy)
         return v.float()
 
-    def loss(self, model, batch: Batch, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        x0, y = self.posterior(batch.x0, gen), batch.y
-        n = x0.shape[0]
-        drop = (torch.rand(n, generator=gen) < self.training.class_dropout).to(y.device)
-        cond = None
-        if self.job.spec.experts.conditioning == "class":  # as an expert: dropped labels -> the null class
-            cond = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
-        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        x_t = interpolate(x0, eps, t)
-        v = model(x_t.to(dtype), t.to(dtype), **({} if cond is None else {"y": cond}))
-        return F.mse_loss(v.float(), self.target(x_t, t, cond))
+    def regression_target(self, x0, eps, x_t, t, cond: dict) -> torch.Tensor:
+        """The teacher's velocity instead of ``eps - x0`` (``ExpertTask.loss`` draws everything else)."""
+        return self.target(x_t, t, cond.get("y"))

@@ -240,8 +240,14 @@ class ExpertTask(Task):
             kw["text_mask"] = batch.text_mask.to(x0.device) & ~drop[:, None]
         t = sample_t(n, kind=self.training.timesteps, generator=gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        v = model(interpolate(x0, eps, t).to(dtype), t.to(dtype), **kw)  # images or clips
-        return F.mse_loss(v.float(), eps - x0)
+        x_t = interpolate(x0, eps, t)
+        v = model(x_t.to(dtype), t.to(dtype), **kw)  # images or clips
+        return F.mse_loss(v.float(), self.regression_target(x0, eps, x_t, t, kw))
+
+    def regression_target(self, x0, eps, x_t, t, cond: dict) -> torch.Tensor:
+        """What the model's velocity regresses: the flow target ``eps - x0`` (a distilled student overrides
+        it with its teacher's velocity at the same ``x_t``, ``t`` and conditioning)."""
+        return eps - x0
 
 
 @register("router")
