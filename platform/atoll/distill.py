@@ -52,13 +52,19 @@ def student_job(job: JobSpec) -> JobSpec:
     ex = doc["spec"]["experts"]
     ex.pop("recipe", None)  # already merged into the dump; the student's own fields must win
     training = (d.training.model_dump(mode="json", by_alias=True) if d.training is not None
-                else {**ex["training"], "batchSize": s.experts.training.batch_size * s.num_experts})
+                else default_training(job, doc))
     ex.update(mode="monolith", model=d.model or s.experts.model, training=training, distillFrom=job.name)
     if d.scaling is not None:
         ex["scaling"] = d.scaling.model_dump(mode="json", by_alias=True)
     doc["metadata"]["name"] = d.name or f"{job.name}-distilled"
     doc["spec"]["sample"]["strategies"] = ["top1"]  # one model: every strategy is the same
     return parse(doc, source=f"{job.name} (distill)")
+
+
+def default_training(job: JobSpec, doc: dict) -> dict:
+    """The student's training when ``distill.training`` is unset: the experts' (``doc``: ``dump(job)``) with
+    the batch they saw together, K x batchSize."""
+    return {**doc["spec"]["experts"]["training"], "batchSize": job.spec.experts.training.batch_size * job.spec.num_experts}
 
 
 def distill(job: JobSpec, *, store_uri: str | None = None,
@@ -83,6 +89,8 @@ def distill(job: JobSpec, *, store_uri: str | None = None,
         say(f"distilling {job.name} ({job.spec.num_experts} experts, {student.spec.distill.strategy}) into "
             f"{student.spec.experts.model} at {run.uri}")
         stages._train(student, run, s3_config(student), [unit])
+    if not trained and (done := run.manifest("distill")) is not None:
+        return Distilled(student, run.uri, done, False)
     m = run.manifest(unit.prefix)
     tr = student.spec.experts.training
     teacher_fwd = _teacher_flops_per_sample(teacher, student.spec.distill.strategy)
@@ -96,15 +104,20 @@ def distill(job: JobSpec, *, store_uri: str | None = None,
     if trained:
         manifest["wall_s"] = round(time.time() - t0, 1)
         run.commit("distill", manifest)
-    return Distilled(student, run.uri, run.manifest("distill") or manifest, trained)
+    return Distilled(student, run.uri, manifest, trained)
 
 
 def _teacher_flops_per_sample(teacher, strategy: str) -> float:
-    """The teacher's FLOPs for one training sample: one routed evaluation (router + the selected experts)."""
-    from atoll.sampling import Ensemble
+    """The teacher's FLOPs for one training sample: one routed evaluation (router + the selected experts),
+    from the served experts' and router's configs (no weights are read)."""
+    from atoll.models.checkpoint import config_of
+    from atoll.sampling import costs
+    from atoll.sampling.runs import inspect_run
 
-    ens = Ensemble.from_pretrained(teacher)
-    return ens.gflops_per_image(strategy, steps=1, guidance=1.0) * 1e9
+    info = inspect_run(teacher)
+    experts = [config_of(teacher, info.expert_prefix(i)) for i in range(info.num_experts)]
+    router = config_of(teacher, info.router_prefix) if info.num_experts > 1 else None
+    return costs.gflops_per_image(experts, router, strategy, steps=1, sampler="euler", cfg=False) * 1e9
 
 
 def with_overrides(job: JobSpec, *, model: str | None = None, steps: int | None = None,
@@ -119,8 +132,5 @@ def with_overrides(job: JobSpec, *, model: str | None = None, steps: int | None 
     if strategy is not None:
         d["strategy"] = strategy
     if steps is not None:
-        s = job.spec
-        base = d.get("training") or {**dump(job)["spec"]["experts"]["training"],
-                                     "batchSize": s.experts.training.batch_size * s.num_experts}
-        d["training"] = {**base, "steps": steps}
+        d["training"] = {**(d.get("training") or default_training(job, doc)), "steps": steps}
     return parse(doc, source=f"{job.name} (with the command line's --model/--steps/--strategy)")

@@ -26,7 +26,8 @@ class RegistryError(ValueError):
     """A change the registry refuses (unknown or already retired expert, the last one); says the fix."""
 
 
-def _now() -> str:
+def now() -> str:
+    """A registry timestamp (UTC, like the stores' ``committed_at``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -77,10 +78,10 @@ def retire(store: Store, expert: int, *, num_experts: int, reason: str = "") -> 
         router_prefix = f"router/versions/v{version}/model"
         save_pretrained(with_heads(old, rows), store, router_prefix)
     new = {**reg, "version": version, "router": router_prefix,
-           "experts": [{**e, "state": "retired", "retired": _now(), "reason": reason} if e["id"] == expert else e
+           "experts": [{**e, "state": "retired", "retired": now(), "reason": reason} if e["id"] == expert else e
                        for e in reg["experts"]],
            "history": reg["history"] + [{"version": version, "action": "retire", "expert": expert, "reason": reason,
-                                         "router": "restricted (renormalised, not retrained)", "at": _now()}]}
+                                         "router": "restricted (renormalised, not retrained)", "at": now()}]}
     store.put_json(REGISTRY, new)  # atomic: loaders see the old version or the new one
     return new
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from atoll.experts_registry import REGISTRY, active, load
+from atoll.experts_registry import REGISTRY, active, load, now
 from atoll.run_store import open_run, s3_config
 from atoll.spec import JobSpec, dump, parse
 from atoll.store import Store
@@ -98,7 +98,6 @@ def add_experts(job: JobSpec, data: dict, *, new_experts: int = 1, router_steps:
     say(f"version {version}: fine-tuning the router from {reg['router']} over experts {old + new_ids}")
     _train(rjob, run, s3, [runit] if not is_done(run, runit, rjob) else [])
     rm = run.manifest(runit.prefix)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     added = []
     for j, k in enumerate(new_ids):
         m = run.manifest(f"experts/{k:03d}")
@@ -109,7 +108,7 @@ def add_experts(job: JobSpec, data: dict, *, new_experts: int = 1, router_steps:
              "samples": int(dm["count"]), "router": f"fine-tuned from {reg['router']}",
              "experts_train_flops": float(sum(run.manifest(u.prefix)["train_flops"] for u in units)),
              "router_train_flops": float(rm.get("train_flops") or 0), "router_accuracy_vs_t": rm.get("accuracy_vs_t"),
-             "wall_s": round(time.time() - t0, 1), "at": now}
+             "wall_s": round(time.time() - t0, 1), "at": now()}
     new = {**reg, "version": version, "router": f"{runit.prefix}/model", "experts": reg["experts"] + added,
            "history": reg["history"] + [event]}
     run.put_json(REGISTRY, new)  # last and atomic: loaders switch to the new version here

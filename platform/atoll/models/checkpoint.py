@@ -100,6 +100,25 @@ def load_config(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config | N
     return store.get_json(join(prefix, "config.json"))
 
 
+def config_of(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config | None = None):
+    """The checkpoint's model config (``DiTConfig``, ``RouterConfig`` or ``VideoDiTConfig``), no weights read."""
+    store, _ = _open(uri_or_store, prefix, s3)
+    return _config(store, prefix)
+
+
+def _config(store: Store, prefix: str):
+    meta = store.get_json(join(prefix, "config.json"))
+    kinds = {"dit": DiTConfig, "router": RouterConfig, "vdit": VideoDiTConfig}
+    if meta.get("kind") not in kinds:
+        raise StoreError(f"{store.url(join(prefix, 'config.json'))} has kind {meta.get('kind')!r}; "
+                         "expected 'dit', 'vdit' or 'router'")
+    return kinds[meta["kind"]].from_dict(meta["config"])
+
+
+def _built(config) -> nn.Module:
+    return {DiTConfig: DiT, RouterConfig: Router, VideoDiTConfig: VideoDiT}[type(config)](config)
+
+
 def from_pretrained(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config | None = None,
                     weights: str = "model", map_location: str | torch.device = "cpu") -> nn.Module:
     """Loads a committed checkpoint as a DiT or Router in eval mode.
@@ -111,17 +130,7 @@ def from_pretrained(uri_or_store: str | Store, prefix: str = "", *, s3: S3Config
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     store, manifest = _open(uri_or_store, prefix, s3)
-    meta = store.get_json(join(prefix, "config.json"))
-    kind = meta.get("kind")
-    if kind == "dit":
-        model: nn.Module = DiT(DiTConfig.from_dict(meta["config"]))
-    elif kind == "router":
-        model = Router(RouterConfig.from_dict(meta["config"]))
-    elif kind == "vdit":
-        model = VideoDiT(VideoDiTConfig.from_dict(meta["config"]))
-    else:
-        raise StoreError(f"{store.url(join(prefix, 'config.json'))} has kind {kind!r}; "
-                         "expected 'dit', 'vdit' or 'router'")
+    model = _built(_config(store, prefix))
     name = f"{weights}.safetensors"
     entry = {f["name"]: f for f in manifest.get("files", [])}.get(name)
     if entry is None:
