@@ -168,12 +168,15 @@ def check_load(rank: int, world: int, out: Path) -> dict:
 
 
 def check_shm(rank: int, world: int) -> dict:
-    """Which collectives the engine's backend uses: no shared-memory op at one rank (nothing was built)."""
+    """Which collectives the engine's backend uses (no shared-memory op at one rank: nothing was built),
+    after two training steps through them."""
     import deepspeed.comm.comm as ds_comm
 
     from atoll.train import deepspeed_engine as dse
 
-    dse.initialize(_model(), _training(0, False, world), world, False)
+    engine = dse.initialize(_model(), _training(0, False, world), world, False)
+    for step in range(2):
+        _step(engine, rank, step, torch.float32)
     return {"world": world, "shm_op": ds_comm.cdb.shm_comm_op is not None}
 
 

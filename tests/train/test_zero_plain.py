@@ -51,6 +51,36 @@ def test_a_one_rank_engine_builds_no_shared_memory_collectives(tmp_path, monkeyp
     assert not any(cache.rglob("*.so"))
 
 
+def test_a_build_lock_left_by_a_dead_builder_does_not_hang_a_two_rank_engine(tmp_path, monkeypatch):
+    """torch's extension loader waits forever on a ``lock`` file left by a builder that died; the engine
+    removes it under its own fcntl lock, loads the op and both ranks use it."""
+    import shutil
+
+    from atoll.train import ds_shm
+
+    cache = tmp_path / "torch-extensions"
+    built = ds_shm.build_dir()  # the op as earlier engines built it, if they did: saves the 20 s compile
+    if (built / f"{ds_shm.OP}.so").exists():
+        shutil.copytree(built, cache / ds_shm.OP, ignore=shutil.ignore_patterns("lock", ".atoll-build.lock"))
+    (cache / ds_shm.OP).mkdir(parents=True, exist_ok=True)
+    (cache / ds_shm.OP / "lock").touch()  # the dead builder's baton
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    run_workers([CHECKS, "shm", str(tmp_path)], world=2, timeout=300)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"shm-rank{rank}.json").read_text()) == {"world": 2, "shm_op": True}
+    assert not (cache / ds_shm.OP / "lock").exists()
+
+
+def test_where_the_op_cannot_be_built_a_two_rank_engine_trains_without_it(tmp_path, monkeypatch):
+    """No working compiler: the op is left out (a warning says why) and the engine reduces through gloo."""
+    cache = tmp_path / "torch-extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    run_workers([CHECKS, "shm", str(tmp_path)], world=2, timeout=300, env={"CXX": "/bin/false"})
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"shm-rank{rank}.json").read_text()) == {"world": 2, "shm_op": False}
+    assert not any(cache.rglob("*.so"))
+
+
 @pytest.mark.parametrize("stage,saved_world,world", [(2, 2, 1), (3, 1, 2)])
 def test_checkpoint_resumes_resharded_at_another_world_size(tmp_path, stage, saved_world, world):
     env = {"CHECK_ZERO_STAGE": str(stage)}

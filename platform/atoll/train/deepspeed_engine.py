@@ -66,8 +66,11 @@ def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, 
     The engine moves the module to the process's current accelerator device (``Placement.activate``
     made it the chosen one) and, with bf16, casts it; the fp32 master copy lives in the optimizer."""
     import deepspeed
+    import torch.distributed as dist
 
-    skip_shm_comm_when_alone()
+    from atoll.train import ds_shm
+
+    ds_shm.prepare(dist.get_world_size() if dist.is_initialized() else 1)
     sp = 1 if mpu is None else int(mpu.get_sequence_parallel_world_size())
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay,
                             betas=(0.9, 0.999))
@@ -76,20 +79,6 @@ def initialize(model: torch.nn.Module, training: TrainingSpec, world_size: int, 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, mpu=mpu,
                                            config=ds_config(training, world_size, bf16, load_universal, sp))
     return engine
-
-
-def skip_shm_comm_when_alone() -> None:
-    """A process group of one rank has nothing to reduce between processes, so DeepSpeed's CPU
-    shared-memory collectives (``deepspeed_shm_comm``, JIT-compiled with g++ the first time an engine
-    starts: 22 s on a fresh 2-core machine, every single-worker island of ``make demo`` waited for it,
-    and a failed build where no compiler is installed) are marked unavailable before the engine's
-    communication backend is made. Groups of 2+ ranks keep them."""
-    import deepspeed.ops
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        return
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def zero_stage(engine) -> int:
