@@ -56,3 +56,22 @@ def write_run(root: str, job, experts: list[torch.nn.Module], router: torch.nn.M
         save_pretrained(router, run, "router/model")
         run.commit("router", {"name": "router"})
     return run
+
+
+def grow_by_hand(run, num_experts: int, seed: int = 1) -> dict:
+    """Version 2 of a saved run as ``atoll add-experts`` leaves it, without training: expert ``num_experts``
+    (a perturbed copy of expert 0), the router widened by one head, the registry naming both."""
+    from atoll.experts_registry import REGISTRY, implicit
+    from atoll.models.checkpoint import from_pretrained
+    from atoll.models.router import with_heads
+
+    new = num_experts
+    save_pretrained(perturbed(from_pretrained(run, "experts/000/model"), seed, 0.05), run, f"experts/{new:03d}/model")
+    run.commit(f"experts/{new:03d}", {"name": f"expert-{new:03d}"})
+    wide = with_heads(from_pretrained(run, "router/model"), list(range(num_experts)) + [None], seed=seed)
+    save_pretrained(wide, run, "router/versions/v2/model")
+    reg = implicit(run, num_experts)
+    reg.update(version=2, router="router/versions/v2/model",
+               experts=reg["experts"] + [{**reg["experts"][0], "id": new, "prefix": f"experts/{new:03d}", "version": 2}])
+    run.put_json(REGISTRY, reg)  # last, atomically: loaders see version 1 or version 2
+    return reg

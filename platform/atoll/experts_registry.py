@@ -48,6 +48,11 @@ def load(store: Store, num_experts: int) -> dict:
     return store.get_json(REGISTRY) if store.exists(REGISTRY) else implicit(store, num_experts)
 
 
+def current_version(store: Store) -> int:
+    """The version a loader would serve now (1 without a registry file); one small read, for replicas that poll."""
+    return int(store.get_json(REGISTRY)["version"]) if store.exists(REGISTRY) else 1
+
+
 def active(reg: dict) -> list[int]:
     """The ids of the experts served, ascending."""
     return sorted(e["id"] for e in reg["experts"] if e["state"] == "active")

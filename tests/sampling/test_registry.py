@@ -101,25 +101,52 @@ def test_the_cli_lists_and_retires_experts(three):
 def test_a_grown_registry_is_served_whole_and_numbers_the_next_expert_after_it(three):
     """A registry with an expert the job's partition.k does not know (as ``atoll add-experts`` leaves it): it is
     loaded with the version's router, and the run's expert count (the next id) comes from the registry."""
-    from sampling_helpers import make_experts
+    from tiny_runs import grow_by_hand
 
-    from atoll.experts_registry import implicit
-    from atoll.models.checkpoint import from_pretrained, save_pretrained
-    from atoll.models.router import with_heads
+    from atoll.models.checkpoint import from_pretrained
     from atoll.sampling.runs import inspect_run
 
     job, run = three
-    save_pretrained(make_experts(1, seed=9)[0], run, "experts/003/model")
-    run.commit("experts/003", {"name": "expert-003"})
-    wide = with_heads(from_pretrained(run, "router/model"), [0, 1, 2, None], seed=1)
-    save_pretrained(wide, run, "router/versions/v2/model")
-    reg = implicit(run, 3)
-    reg.update(version=2, router="router/versions/v2/model",
-               experts=reg["experts"] + [{**reg["experts"][0], "id": 3, "prefix": "experts/003", "version": 2}])
-    run.put_json(REGISTRY, reg)
+    grow_by_hand(run, 3)
     info = inspect_run(run)
     assert (info.num_experts, info.total_experts, info.expert_ids) == (4, 4, [0, 1, 2, 3])
     ens = Ensemble.from_pretrained(run.uri)
     x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.3)
     assert torch.allclose(ens.router(x, t)[:, :3], from_pretrained(run, "router/model")(x, t))  # old rows kept
     assert ens.num_experts == 4 and retire(run, 3, num_experts=info.total_experts)["version"] == 3
+
+
+def test_a_replica_serves_a_new_version_next_and_finishes_the_requests_in_flight_on_the_old(three):
+    """``EnsembleReplica.reload_if_changed`` (what its registry watcher runs): a request in flight when the
+    version changes ends with the old version's images; the next one gets the new version's, as the library
+    gives them."""
+    import asyncio
+
+    from tiny_runs import grow_by_hand
+
+    from atoll.serve.deployments import EnsembleReplica, ReplicaOptions
+    from atoll.serve.runinfo import RunSource
+    from atoll.serve.scheduler import Work
+
+    _, run = three
+    rep = EnsembleReplica(RunSource(run.uri), ReplicaOptions(registry_poll_s=0.0))
+    v1 = Ensemble.from_pretrained(run.uri)
+    work = Work(2, label=1, steps=100, guidance=2.0, seed=5, strategy="full")  # long: still running at the swap
+
+    async def scenario():
+        in_flight = asyncio.ensure_future(rep.generate(work))
+        await asyncio.sleep(0)  # admitted: its first tick runs
+        assert await rep.reload_if_changed() == 1  # nothing new yet
+        grow_by_hand(run, 3)
+        assert await rep.reload_if_changed() == 2
+        assert not in_flight.done()  # the reload did not wait for it
+        after = await rep.generate(work)
+        return await in_flight, after
+
+    old, new = asyncio.run(scenario())
+    v2 = Ensemble.from_pretrained(run.uri)
+    assert v2.num_experts == 4 and rep.engine.num_experts == 4 and rep.stats()["registry_version"] == 2
+    want = dict(class_labels=1, steps=100, guidance=2.0, seed=5, strategy="full")
+    assert torch.equal(old.images, v1.sample(2, **want).images)
+    assert torch.equal(new.images, v2.sample(2, **want).images)
+    assert not torch.equal(old.images, new.images) and len(new.expert_rows) == 4 and rep.reloads == 1

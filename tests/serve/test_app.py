@@ -3,7 +3,8 @@
 Image equality with the library sampler, every bad request, the HTTP surface, a bounded load test
 in which the scheduler really forms batches (its own counters say so), the OpenAI endpoint with the
 official ``openai`` client, the API key, property-based tests (schemathesis) and, last, killing
-the ensemble replica under traffic.
+the ensemble replica under traffic, and growing the run under traffic (a new registry version served
+without a redeploy).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ serve:
   maxSteps: 50
   defaultSteps: 6
   ensemble: {numCpus: 1, maxBatchSize: 32}
+  registryPollS: 1
 """
 
 
@@ -309,3 +311,45 @@ def test_killing_the_ensemble_replica_gives_503_then_recovers(client, served):
     r = client.post("/v1/generate", json={**body, "steps": 5, "n": 1})
     want = served["ens"].sample(1, class_labels=1, steps=5, seed=3, strategy="full").images[0, 0].numpy()
     assert r.status_code == 200 and np.array_equal(png_array(r.content), want)
+
+
+# -- very last: the run grows under traffic (it changes what the app serves) ----------------------------
+def test_a_grown_run_is_served_without_a_redeploy_and_no_request_fails(client, served):
+    """``atoll add-experts`` writes registry version 2: the replica's watcher (``serve.registryPollS: 1``) loads
+    it beside version 1; every request during the switch is answered, and the next ones get version 2."""
+    from tiny_runs import grow_by_hand
+
+    from atoll.sampling import Ensemble
+
+    run = served["run"]
+    body = {"n": 1, "steps": 30, "class": 2, "strategy": "top1", "seed": 4}
+    stop, codes = threading.Event(), []
+
+    def traffic():
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline and len(codes) < 300:
+            codes.append(client.post("/v1/generate", json=body).status_code)
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    grow_by_hand(run, 2)
+    deadline, info = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        info = client.get("/v1/experts").json()
+        if info["version"] == 2:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # traffic on the new version
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert info["version"] == 2 and info["num_experts"] == 3 and len(info["experts"]) == 3, info
+    assert codes and set(codes) == {200}, sorted(set(codes))
+    stats = client.get("/v1/stats").json()
+    assert stats["registry_version"] == 2 and stats["reloads"] == 1
+    r = client.post("/v1/generate", json={**body, "steps": 5})
+    want = Ensemble.from_pretrained(run.uri).sample(1, class_labels=2, steps=5, seed=4, strategy="top1").images[0, 0]
+    assert r.status_code == 200 and np.array_equal(png_array(r.content), want.numpy())

@@ -90,6 +90,7 @@ class ExpertRow(BaseModel):
 
 class ExpertsBody(BaseModel):
     num_experts: int
+    version: int = Field(1, description="The experts/registry.json version the answering replica serves.")
     num_classes: int
     class_names: list[str]
     image_shape: list[int]
@@ -122,3 +123,5 @@ class StatsBody(BaseModel):
     mode: str
     device: str
     pid: int
+    registry_version: int = Field(1, description="The experts/registry.json version this replica serves.")
+    reloads: int = Field(0, description="New registry versions this replica loaded without a redeploy.")

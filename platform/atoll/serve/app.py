@@ -120,7 +120,8 @@ def build_app(target: Any, *, serve_spec: ServeSpec | None = None, s3=None,
                              ring_degree=spec.ring_degree if sp > 1 else None,
                              rank_cpus=RANK_CPUS, rank_gpus=rank_gpus, expert_timeout_s=opts.expert_timeout_s,
                              retry_after_s=opts.retry_after_s, health_poll_s=opts.health_poll_s,
-                             app_name=opts.app_name, cold_start_s=opts.cold_start_timeout_s if cold else 0.0)
+                             app_name=opts.app_name, cold_start_s=opts.cold_start_timeout_s if cold else 0.0,
+                             registry_poll_s=spec.registry_poll_s)
     experts = None
     if spec.mode == "distributed":
         experts = [serve.deployment(ExpertModel, name=n, **o, **HEALTH_CHECK).bind(

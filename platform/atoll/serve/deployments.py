@@ -50,6 +50,7 @@ class ReplicaOptions:
     health_poll_s: float = 0.5
     app_name: str = "atoll"
     cold_start_s: float = 0.0          # > 0: experts may scale to zero; a call to one waits this long for a replica
+    registry_poll_s: float = 0.0       # > 0: read experts/registry.json this often and serve a new version (ensemble mode)
 
 
 def replica_placement(num_gpus: float, sequence_parallel: int = 1) -> Placement:
@@ -147,23 +148,36 @@ class EnsembleReplica:
     (distributed mode); None: the experts live in this replica."""
 
     def __init__(self, source: RunSource, options: ReplicaOptions = ReplicaOptions(), experts: list | None = None):
+        self.options = opts = options
+        self.source = source
+        self.placement = replica_placement(opts.num_gpus, 1 if experts is not None else opts.sequence_parallel)
+        self.placement.activate()
+        self.groups: list = []
+        self._remote = experts is not None
+        self._install(self._load(source.open(), experts))
+        self._running: dict[str, int] = {}
+        self._poller: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self.reloads, self._warned = 0, 0
+        log.info("%s replica on %s: %d experts (registry version %d), at most %d rows per tick", opts.mode,
+                 self.placement, self.engine.num_experts, self.version, opts.max_rows)
+
+    def _load(self, store, experts: list | None = None) -> "_Served":
+        """Router, experts and scheduler of the registry's current version (weights read from the store)."""
         from atoll.models.checkpoint import load_config
         from atoll.serve.runinfo import run_facts
 
-        self.options = opts = options
-        self.placement = replica_placement(opts.num_gpus, 1 if experts is not None else opts.sequence_parallel)
-        self.placement.activate()
-        store = source.open()
+        opts = self.options
         facts = run_facts(store)
         K = facts.num_experts
         info = inspect_run(store)  # which experts are served (experts/registry.json) and the router's checkpoint
         router = load_model(store, info.router_prefix, self.placement, "router") if K > 1 else None
-        self.groups: list = []
+        groups: list = []
         if experts is not None:
             runners: list = [RemoteExpert(k, h, self) for k, h in enumerate(experts)]
         elif opts.sequence_parallel > 1:
-            self.groups = [_rank_group(source, store, k, opts) for k in range(K)]
-            runners = [GroupExpert(k, g) for k, g in enumerate(self.groups)]
+            groups = [_rank_group(self.source, store, k, opts) for k in range(K)]
+            runners = [GroupExpert(k, g) for k, g in enumerate(groups)]
         else:
             runners = [load_model(store, info.expert_prefix(k), self.placement, f"expert {k}") for k in range(K)]
         num_classes = int(load_config(store, info.expert_prefix(0))["config"].get("num_classes") or 0)
@@ -173,20 +187,68 @@ class EnsembleReplica:
 
             device = str(self.placement.device)
             encoder = lambda: TextEncoder(device=device)  # noqa: E731  (loads on the first prompt)
-        self.engine = LocalEngine(router, runners, device=self.placement.device, num_classes=num_classes,
-                                  image_shape=facts.model_shape, text_encoder=encoder)
-        self.decoder = None
+        engine = LocalEngine(router, runners, device=self.placement.device, num_classes=num_classes,
+                             image_shape=facts.model_shape, text_encoder=encoder)
+        decoder = None
         if facts.latent_shape is not None:  # the run's own VAE (another one is refused, naming both)
             from atoll.sampling.latent import load_decoder
 
-            self.decoder = load_decoder(store, info.latents, self.placement.device, source.s3)
-        self.scheduler = Scheduler(self.engine, max_rows=opts.max_rows, on_expert_failure=opts.on_expert_failure,
-                                   health=Health(K, opts.retry_after_s), decode=self.decoder)
-        self._running: dict[str, int] = {}
-        self._poller: asyncio.Task | None = None
-        self._remote = experts is not None
-        log.info("%s replica on %s: %d experts, at most %d rows per tick", opts.mode, self.placement, K,
-                 opts.max_rows)
+            decoder = load_decoder(store, info.latents, self.placement.device, self.source.s3)
+        scheduler = Scheduler(engine, max_rows=opts.max_rows, on_expert_failure=opts.on_expert_failure,
+                              health=Health(K, opts.retry_after_s), decode=decoder)
+        return _Served(facts.version, tuple(facts.expert_ids), engine, scheduler, decoder, groups)
+
+    def _install(self, served: "_Served") -> None:
+        self.version, self.expert_ids = served.version, served.expert_ids
+        self.engine, self.scheduler, self.decoder, self.groups = (served.engine, served.scheduler, served.decoder,
+                                                                  served.groups)
+
+    # -- a new registry version, without a redeploy (ensemble mode) ----------------------
+    @property
+    def reloadable(self) -> bool:
+        """Ensemble mode with the experts in this process: a new version can be loaded beside the old one."""
+        return not self._remote and self.options.sequence_parallel == 1
+
+    async def reload_if_changed(self) -> int:
+        """Serves the registry's current version if it changed: loads its router and experts (in a thread;
+        the loop keeps serving), then the next requests go to a new scheduler while the requests in flight
+        finish on the old one. Returns the version served. Distributed / sequence-parallel replicas only
+        log that a redeploy is needed."""
+        from atoll.experts_registry import current_version
+
+        store = self.source.open()
+        version = await asyncio.to_thread(current_version, store)
+        if version == self.version:
+            return self.version
+        if not self.reloadable:
+            if version != self._warned:
+                self._warned = version
+                log.warning("experts/registry.json is at version %d, this replica serves %d: redeploy the app "
+                            "(atoll serve again, or a RayService update) to serve it", version, self.version)
+            return self.version
+        served = await asyncio.to_thread(self._load, store)
+        old = self.scheduler
+        self._install(served)
+        self.reloads += 1
+        log.info("now serving registry version %d: experts %s (%d requests finish on the old version)",
+                 self.version, list(self.expert_ids), old.in_flight + old.queued)
+        return self.version
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.registry_poll_s)
+            try:
+                await self.reload_if_changed()
+            except Exception as e:  # a half-written version or the store away: keep serving the old one
+                log.warning("could not load the registry's new version (%s: %s); still serving version %d",
+                            type(e).__name__, e, self.version)
+
+    def _ensure_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._remote and (self._poller is None or self._poller.done()):
+            self._poller = loop.create_task(self._poll())
+        if self.options.registry_poll_s > 0 and (self._watcher is None or self._watcher.done()):
+            self._watcher = loop.create_task(self._watch())
 
     # -- distributed mode: which experts have running replicas -------------------------
     def running(self, deployment: str, unknown: int = 1) -> int:
@@ -209,13 +271,13 @@ class EnsembleReplica:
 
     # -- calls --------------------------------------------------------------------------
     async def generate(self, work: Work) -> Outcome:
-        if self._remote and (self._poller is None or self._poller.done()):
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        self._ensure_tasks()
         return await self.scheduler.generate(work)
 
     def stats(self) -> dict:
         return {**self.scheduler.stats(), "mode": self.options.mode, "device": str(self.placement.device),
-                "placement": self.placement.reason, "pid": os.getpid()}
+                "placement": self.placement.reason, "pid": os.getpid(), "registry_version": self.version,
+                "reloads": self.reloads}
 
     async def describe(self) -> dict:
         """Per expert, where it runs (``parallel``: the rank group's layout, or one rank here / remote)."""
@@ -232,7 +294,8 @@ class EnsembleReplica:
             layouts = list(await asyncio.gather(*[one(k) for k in range(K)]))
         else:
             layouts = [_single(self.placement) for _ in range(K)]
-        return {"layouts": layouts, "healthy": self.scheduler.health.healthy(), "stats": self.stats()}
+        return {"layouts": layouts, "healthy": self.scheduler.health.healthy(), "stats": self.stats(),
+                "version": self.version}
 
     def check_health(self) -> None:
         """Serve's health check: unhealthy when a rank group is down (its restart failed), so Serve replaces us."""
@@ -246,6 +309,18 @@ class EnsembleReplica:
                 g.shutdown()
             except Exception:  # interpreter teardown
                 pass
+
+
+@dataclass
+class _Served:
+    """One registry version as a replica serves it."""
+
+    version: int
+    expert_ids: tuple
+    engine: LocalEngine
+    scheduler: Scheduler
+    decoder: object
+    groups: list
 
 
 def _single(placement: Placement) -> dict:

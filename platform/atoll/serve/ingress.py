@@ -122,14 +122,19 @@ def make_ingress(api_key_digest: str | None = None):
         def __init__(self, source: RunSource, backend, limits: Limits, options: IngressOptions = IngressOptions(),
                      sequence_parallel: int = 1, mode: str = "ensemble", backend_name: str = "Ensemble",
                      model_names: tuple = ("atoll",)):
-            store = source.open()
-            self.facts = run_facts(store)
-            self.summary = experts_summary(store, self.facts)
+            self.source = source
+            self._read_facts()
             self.backend, self.limits, self.options = backend, limits, options
             self.sequence_parallel, self.mode, self.backend_name = sequence_parallel, mode, backend_name
             self.model_names = tuple(model_names)
             self._poller: asyncio.Task | None = None
             self._running: dict[str, int] = {}
+
+        def _read_facts(self) -> None:
+            """The run's facts and per-expert summary at the registry's current version."""
+            store = self.source.open()
+            self.facts = run_facts(store)
+            self.summary = experts_summary(store, self.facts)
 
         # -- Serve's status ---------------------------------------------------------
         async def _poll(self) -> None:
@@ -251,11 +256,15 @@ def make_ingress(api_key_digest: str | None = None):
             """The experts: partition sizes, top labels, the deployment computing each, running replicas,
             health and (from the replica asked) each expert's parallel layout."""
             desc, _ = await self._call("describe", timeout_s=30.0)
+            if desc.get("version", self.facts.version) != self.facts.version:  # the replica loaded a new version
+                await asyncio.to_thread(self._read_facts)
             healthy = set(desc["healthy"])
             rows = [dict(e, deployment=self._expert_deployment(e["id"]), healthy=e["id"] in healthy,
                          running_replicas=self._running.get(self._expert_deployment(e["id"])),
-                         parallel=desc["layouts"][i]) for i, e in enumerate(self.summary)]
-            return {"num_experts": self.facts.num_experts, "num_classes": self.facts.num_classes,
+                         parallel=desc["layouts"][i] if i < len(desc["layouts"]) else None)
+                    for i, e in enumerate(self.summary)]
+            return {"num_experts": self.facts.num_experts, "version": desc.get("version", self.facts.version),
+                    "num_classes": self.facts.num_classes,
                     "class_names": list(self.facts.class_names), "image_shape": list(self.facts.image_shape),
                     "video": self.facts.is_video, "frames": self.facts.frames or None,
                     "sequence_parallel": self.sequence_parallel, "mode": self.mode, "experts": rows}

@@ -591,6 +591,10 @@ class ServeSpec(Base):
         "in experts.scaling: ulysses (DeepSpeed-Ulysses all-to-all over heads), ring (ring attention, any head "
         "count) or hybrid (Ulysses x ring, ringDegree ranks per ring)."))
     ring_degree: int | None = Field(None, ge=2, description="attention: hybrid only: ranks in each attention ring.")
+    registry_poll_s: float = Field(30.0, ge=0, description=(
+        "mode ensemble: how often each replica reads experts/registry.json; a new version (atoll add-experts / "
+        "remove-expert) is loaded beside the old one and serves the next requests, those in flight finish on the "
+        "old one (no redeploy). 0: never. Distributed mode and sequence-parallel video need a redeploy."))
 
     @model_validator(mode="after")
     def _attention_layout(self):
