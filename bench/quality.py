@@ -52,7 +52,8 @@ SIZES: dict[str, dict] = {
     "small": {  # a smoke test: minutes, numbers meaningless
         "data": {"limit": 1000, "shardSize": 500},
         "partition": {"fineClusters": 32},
-        "experts": {"training": {"steps": 6, "warmupSteps": 2, "checkpointEvery": 3, "snapshotEvery": 3,
+        "experts": {"scaling": {"numWorkers": 1},  # the monolith's 4 data-parallel workers: one is enough here
+                    "training": {"steps": 6, "warmupSteps": 2, "checkpointEvery": 3, "snapshotEvery": 3,
                                  "logEvery": 3}},
         "router": {"training": {"steps": 4, "checkpointEvery": 2}},
         "sample": {"numPerClass": 2, "steps": 3},
