@@ -26,7 +26,9 @@ def map_tasks(fn: Callable, args: Sequence[tuple], *, desc: str, num_cpus: float
     from atoll.runtime import ensure_ray
 
     ensure_ray()
-    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
+    # a worker that dies (OOM-killed, or one a cancelled earlier stage force-killed that Ray handed this task)
+    # is retried; the task's own exceptions are not (retry_exceptions stays False): they fail fast below
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)(fn)
     refs = [remote.remote(*a) for a in args]
     index = {r: i for i, r in enumerate(refs)}
     results: list = [None] * len(refs)
