@@ -108,20 +108,13 @@ LABELS = {"before": "before: K experts on the old classes", "grown": "grown: + a
 
 def write_report(out: Path, work: Path, rows: list[dict], flops: dict, walls: dict, *, k: int, new: tuple[int, ...],
                  steps: dict, size: str, command: str, load: list[str], total_s: float) -> None:
-    import platform as pyplatform
-
-    import ray
+    from quality_report import machine
 
     def cell(p: dict) -> str:
         return f"{p['fid']:.2f} [{p['fid_lo']:.2f}, {p['fid_hi']:.2f}] | {p['class_accuracy']:.3f}"
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
     lines = [f"# Grow bench: add-experts vs retraining from scratch at equal training FLOPs ({size} size)", "",
-             f"Command: `{command}`", "",
-             f"Machine: `nproc` = {__import__('os').cpu_count()}, CPU: {cpu}, torch {torch.__version__}, "
-             f"ray {ray.__version__}, python {pyplatform.python_version()}; load average at the start "
-             f"{' '.join(load)}, at the end {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", "",
+             f"Command: `{command}`", "", f"Machine: {machine(load)}", "",
              f"Wall time of this invocation: {total_s / 60:.1f} min (committed stages and cached scores are skipped).", "",
              f"Fashion-MNIST, K={k} k-means experts on the classes other than {list(new)} (the old data), then "
              f"`add_experts` with the images of classes {list(new)} (the new data, one new expert, router fine-tuned); "

@@ -256,14 +256,15 @@ def make_ingress(api_key_digest: str | None = None):
             """The experts: partition sizes, top labels, the deployment computing each, running replicas,
             health and (from the replica asked) each expert's parallel layout."""
             desc, _ = await self._call("describe", timeout_s=30.0)
-            if desc.get("version", self.facts.version) != self.facts.version:  # the replica loaded a new version
+            version = desc.get("version", self.facts.version)
+            if version != self.facts.version:  # the replica loaded a new version
                 await asyncio.to_thread(self._read_facts)
             healthy = set(desc["healthy"])
             rows = [dict(e, deployment=self._expert_deployment(e["id"]), healthy=e["id"] in healthy,
                          running_replicas=self._running.get(self._expert_deployment(e["id"])),
                          parallel=desc["layouts"][i] if i < len(desc["layouts"]) else None)
                     for i, e in enumerate(self.summary)]
-            return {"num_experts": self.facts.num_experts, "version": desc.get("version", self.facts.version),
+            return {"num_experts": self.facts.num_experts, "version": version,
                     "num_classes": self.facts.num_classes,
                     "class_names": list(self.facts.class_names), "image_shape": list(self.facts.image_shape),
                     "video": self.facts.is_video, "frames": self.facts.frames or None,
